@@ -1,0 +1,69 @@
+"""Copy a trained model into the package and record it in sodec/weights/models.json.
+
+    python scripts/ship_model.py runs/codec-small-q2/model.safetensors --name codec-small-q2 \
+        --family codec-small --quality 2 --description "..." [--default]
+
+The weights are re-saved with ``sodec.model_id`` in their metadata, their sha256 is computed and
+written to the registry; nothing here is typed by hand. ``--kodak-bpp`` takes the figure printed
+by scripts/eval_codec.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sodec.checkpoint import read_checkpoint, save_checkpoint
+from sodec.checkpoint import build_model
+from sodec.registry import weights_folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("checkpoint")
+    p.add_argument("--name", required=True)
+    p.add_argument("--family", required=True)
+    p.add_argument("--quality", type=int, required=True)
+    p.add_argument("--description", default="")
+    p.add_argument("--kodak-bpp", type=float)
+    p.add_argument("--default", action="store_true")
+    a = p.parse_args(argv)
+    kind, cfg, state, meta = read_checkpoint(a.checkpoint)
+    model = build_model(kind, cfg)
+    model.load_state_dict(state, strict=True)
+    dest = weights_folder() / f"{a.name}.safetensors"
+    extra = {k: v for k, v in meta.items() if not k.startswith("sodec.") or k == "sodec.stage"}
+    extra["sodec.model_id"] = a.name
+    sha = save_checkpoint(dest, model, kind, cfg, extra)
+    reg_path = weights_folder() / "models.json"
+    reg = json.loads(reg_path.read_text()) if reg_path.is_file() else {"models": [], "default": None}
+    reg["models"] = [m for m in reg["models"] if m["name"] != a.name]
+    train_meta = {}
+    run_stage = Path(a.checkpoint).parent / "stage.json"
+    if run_stage.is_file():
+        train_meta = json.loads(run_stage.read_text())
+    reg["models"].append(
+        {
+            "name": a.name,
+            "kind": kind,
+            "family": a.family,
+            "quality": a.quality,
+            "file": dest.name,
+            "sha256": sha,
+            "description": a.description,
+            "rate_weight": train_meta.get("rate_weight_end") or train_meta.get("rate_weight"),
+            "kodak_bpp": a.kodak_bpp,
+        }
+    )
+    reg["models"].sort(key=lambda m: (m["family"], m["quality"]))
+    if a.default or reg.get("default") is None:
+        reg["default"] = a.name
+    reg_path.write_text(json.dumps(reg, indent=2) + "\n")
+    print(f"{dest} sha256 {sha} ({dest.stat().st_size / 1e6:.2f} MB)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

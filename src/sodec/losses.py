@@ -1,0 +1,99 @@
+"""Training losses: rate from likelihoods, distortion terms, SODEC's alignment loss.
+
+Loss networks (LPIPS, DISTS, discriminators) live here, never inside a model, so they never land in
+a model checkpoint. A perceptual term whose backbone weights are absent is dropped with one
+warning: training still runs (the paper's d = k_M MSE + k_P LPIPS degrades to MSE).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import WeightsError
+
+
+def bits(likelihoods: Mapping[str, Tensor]) -> Tensor:
+    """Total estimated bits (-log2 likelihood) over all latents (an estimate, not file bytes)."""
+    return sum((-torch.log(lk).sum() / math.log(2)) for lk in likelihoods.values())  # type: ignore[return-value]
+
+
+def bpp(likelihoods: Mapping[str, Tensor], num_pixels: int) -> Tensor:
+    return bits(likelihoods) / num_pixels
+
+
+def mse255(x_hat: Tensor, x: Tensor) -> Tensor:
+    """MSE on the 0..255 scale: the unit CompressAI's lambda values are quoted in."""
+    return F.mse_loss(x_hat, x) * 255.0**2
+
+
+def ms_ssim_loss(x_hat: Tensor, x: Tensor) -> Tensor:
+    from pytorch_msssim import ms_ssim
+
+    # MS-SSIM needs > 160 px for its 5 scales; smaller crops use the first scales only.
+    side = min(x.shape[-2:])
+    weights = [0.0448, 0.2856, 0.3001, 0.2363, 0.1333]
+    scales = max(1, min(5, int(math.log2(max(side - 1, 1) / 10)) + 1))
+    while scales > 1 and side <= (11 - 1) * 2 ** (scales - 1):
+        scales -= 1
+    w = torch.tensor(weights[:scales])
+    return 1.0 - ms_ssim(x_hat.clamp(0, 1), x, data_range=1.0, weights=(w / w.sum()).tolist())
+
+
+class PerceptualLosses(nn.Module):
+    """Holds the frozen loss networks a stage asks for; absent weights drop the term."""
+
+    def __init__(self, names: list[str], weights_dir: str | None = None) -> None:
+        super().__init__()
+        from .perceptual import dists_model, lpips_model
+
+        self.nets = nn.ModuleDict()
+        self.missing: dict[str, str] = {}
+        for name in names:
+            try:
+                if name == "dists":
+                    self.nets[name] = dists_model(weights_dir)
+                elif name.startswith("lpips_"):
+                    self.nets[name] = lpips_model(name.split("_", 1)[1], weights_dir)
+            except WeightsError as e:
+                self.missing[name] = str(e)
+                warnings.warn(f"loss {name!r} disabled: {e}", stacklevel=2)
+
+    def forward(self, name: str, x_hat: Tensor, x: Tensor) -> Tensor | None:
+        net = self.nets[name] if name in self.nets else None
+        if net is None:
+            return None
+        if name == "dists":
+            return net(x_hat, x, require_grad=True, batch_average=True)
+        return net(x_hat * 2 - 1, x * 2 - 1).mean()
+
+
+def distortion_terms(
+    losses: Mapping[str, float],
+    x: Tensor,
+    x_hat: Tensor,
+    x_fidelity: Tensor | None,
+    perceptual: PerceptualLosses | None,
+) -> dict[str, Tensor]:
+    """Unweighted loss terms named as in the stage config (``gan`` is the trainer's)."""
+    out: dict[str, Tensor] = {}
+    for name in losses:
+        if name == "mse":
+            out[name] = mse255(x_hat, x)
+        elif name == "ms_ssim":
+            out[name] = ms_ssim_loss(x_hat, x)
+        elif name == "align":
+            # SODEC's L_align = MSE(x, x_f): keeps the fidelity decoder's image faithful (Sec. 3.4).
+            if x_fidelity is None:
+                raise ValueError("the align loss needs a model with a fidelity decoder")
+            out[name] = mse255(x_fidelity, x)
+        elif name in ("dists", "lpips_alex", "lpips_vgg"):
+            v = perceptual(name, x_hat, x) if perceptual is not None else None
+            if v is not None:
+                out[name] = v
+    return out

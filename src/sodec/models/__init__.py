@@ -1,0 +1,1 @@
+"""One module per box of the paper's Figure 2."""

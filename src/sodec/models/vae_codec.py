@@ -1,0 +1,280 @@
+"""VAE compression module: SODEC's learned codec (paper Sec. 3.1, Fig. 2a).
+
+SODEC starts from HiFiC's codec (Mentzer et al., 2020): a 16x-downsampling analysis transform,
+a mean-scale hyperprior whose hyper-latent z sits at stride 64, and a generator-style synthesis
+transform. We keep that graph and code both latents with CompressAI's entropy models and rANS
+coder::
+
+        x ──g_a──▶ y ──h_a──▶ z ──Q──▶ z_hat ──▶ [EntropyBottleneck] ──▶ z bytes
+                   │                      │
+                   │                 h_s (float64)
+                   │                      ▼
+                   │               w = (scales, means)  (2C channels, stride 16)
+                   └──Q(y - means)+means─▶ y_hat ──▶ [GaussianConditional(w)] ──▶ y bytes
+                                          │
+                                         g_s ──▶ x_vae  (SODEC's preliminary reconstruction)
+
+Determinism: the decoder must derive exactly the encoder's CDF indexes and means from z_hat.
+h_s therefore runs in float64 (rounded to float32 once at the end) so that summation-order
+differences between thread counts or batch sizes stay ~1e-16 relative and vanish in that
+rounding; a CRC of the integer symbols travels in the file so any remaining mismatch is
+refused (DesyncError) instead of decoding to a wrong image. See docs/design.md.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import warnings
+
+import numpy as np
+import torch
+
+with warnings.catch_warnings():
+    # compressai 1.2.8 calls torch.jit.script at import, which torch 2.14 flags as deprecated.
+    warnings.simplefilter("ignore", FutureWarning)
+    from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+    from compressai.models import CompressionModel
+    from compressai.models.utils import conv, deconv
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from ..config import CodecConfig
+from ..tiling import tiled_decode
+
+# CompressAI's default Gaussian scale table (64 log-spaced scales in [0.11, 256]).
+SCALES_MIN, SCALES_MAX, SCALES_LEVELS = 0.11, 256.0, 64
+
+
+def scale_table() -> Tensor:
+    return torch.exp(torch.linspace(np.log(SCALES_MIN), np.log(SCALES_MAX), SCALES_LEVELS))
+
+
+class ChannelNorm2d(nn.Module):
+    """HiFiC's ChannelNorm: normalise each pixel over channels (no batch statistics).
+
+    Unlike BatchNorm it behaves the same in training and at test time and for any batch size,
+    which a codec needs; unlike GroupNorm it does not mix spatial positions, so tiles decode
+    like the whole image.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-3) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean = x.mean(dim=1, keepdim=True)
+        var = x.var(dim=1, keepdim=True, unbiased=False)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1),
+            ChannelNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            ChannelNorm2d(channels),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+def analysis_transform(cfg: CodecConfig) -> nn.Sequential:
+    """g_a: (B, 3, H, W) -> (B, C, H/16, W/16)."""
+    ch = cfg.encoder_channels
+    layers: list[nn.Module] = [nn.Conv2d(3, ch[0], 7, padding=3), ChannelNorm2d(ch[0]), nn.ReLU()]
+    for cin, cout in zip(ch[:-1], ch[1:], strict=True):
+        layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), ChannelNorm2d(cout), nn.ReLU()]
+    layers.append(nn.Conv2d(ch[-1], cfg.latent_channels, 3, padding=1))
+    return nn.Sequential(*layers)
+
+
+def synthesis_transform(cfg: CodecConfig) -> nn.Sequential:
+    """g_s (and SODEC's fidelity decoder D_a): (B, C, h, w) -> (B, 3, 16h, 16w)."""
+    ch = cfg.decoder_channels
+    layers: list[nn.Module] = [
+        nn.Conv2d(cfg.latent_channels, ch[0], 3, padding=1),
+        ChannelNorm2d(ch[0]),
+    ]
+    layers += [ResidualBlock(ch[0]) for _ in range(cfg.residual_blocks)]
+    for cin, cout in zip(ch[:-1], ch[1:], strict=True):
+        layers += [
+            nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1),
+            ChannelNorm2d(cout),
+            nn.ReLU(),
+        ]
+    layers.append(nn.Conv2d(ch[-1], 3, 7, padding=3))
+    return nn.Sequential(*layers)
+
+
+def hyper_analysis(cfg: CodecConfig) -> nn.Sequential:
+    """h_a: (B, C, h, w) -> (B, Z, h/4, w/4)."""
+    n = cfg.hyper_channels
+    return nn.Sequential(
+        conv(cfg.latent_channels, n, stride=1, kernel_size=3),
+        nn.LeakyReLU(inplace=True),
+        conv(n, n, stride=2, kernel_size=5),
+        nn.LeakyReLU(inplace=True),
+        conv(n, cfg.hyper_latent_channels, stride=2, kernel_size=5),
+    )
+
+
+def hyper_synthesis(cfg: CodecConfig) -> nn.Sequential:
+    """h_s: (B, Z, h/4, w/4) -> w = (B, 2C, h, w), the scales and means of y."""
+    n = cfg.hyper_channels
+    return nn.Sequential(
+        deconv(cfg.hyper_latent_channels, n, stride=2, kernel_size=5),
+        nn.LeakyReLU(inplace=True),
+        deconv(n, n * 3 // 2, stride=2, kernel_size=5),
+        nn.LeakyReLU(inplace=True),
+        conv(n * 3 // 2, cfg.latent_channels * 2, stride=1, kernel_size=3),
+    )
+
+
+@dataclass
+class CodecOutput:
+    """What :meth:`VAECodec.forward` returns (training and evaluation)."""
+
+    x_hat: Tensor  # (B, 3, H, W) preliminary reconstruction x_vae
+    y_hat: Tensor  # (B, C, H/16, W/16) quantized latent (straight-through in training)
+    w: Tensor  # (B, 2C, H/16, W/16) hyper-synthesis output, input of the transformation module
+    likelihoods: dict[str, Tensor]  # "y", "z": per-element likelihoods
+
+
+@dataclass
+class CodecStreams:
+    """The codec's bitstreams for one image and the checksum of the symbols they hold."""
+
+    y: bytes
+    z: bytes
+    symbols_crc: int  # CRC-32 over the int32 symbols of z then y (little-endian)
+    latent_hw: tuple[int, int]  # (h, w) of y_hat; z is (h/4, w/4)
+
+
+@dataclass
+class CodecDecoded:
+    """What :meth:`VAECodec.decompress` returns."""
+
+    y_hat: Tensor  # (1, C, h, w)
+    w: Tensor  # (1, 2C, h, w)
+    x_vae: Tensor | None  # (1, 3, 16h, 16w), None when synthesis was skipped (tiled decode)
+
+
+def _symbols_crc(*symbols: Tensor) -> int:
+    crc = 0
+    for s in symbols:
+        crc = zlib.crc32(s.to(torch.int32).cpu().numpy().astype("<i4").tobytes(), crc)
+    return crc
+
+
+class VAECodec(CompressionModel):
+    """The learned codec: ``forward`` (likelihoods), ``compress`` (bytes), ``decompress``."""
+
+    def __init__(self, cfg: CodecConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.g_a = analysis_transform(cfg)
+        self.g_s = synthesis_transform(cfg)
+        self.h_a = hyper_analysis(cfg)
+        self.h_s = hyper_synthesis(cfg)
+        self.entropy_bottleneck = EntropyBottleneck(cfg.hyper_latent_channels)
+        self.gaussian_conditional = GaussianConditional(None)
+        # The scale table lives in the checkpoint; fill it now so a fresh model can code too.
+        self.gaussian_conditional.update_scale_table(scale_table(), force=True)
+
+    # -- shared pieces -------------------------------------------------------------------------
+
+    def hyper_synthesis(self, z_hat: Tensor) -> Tensor:
+        """w = h_s(z_hat), computed in float64 and rounded to float32 once (see module doc)."""
+        tensors = {k: v.double() for k, v in self.h_s.state_dict(keep_vars=True).items()}
+        w = functional_call(self.h_s, tensors, (z_hat.double(),))
+        return w.float()
+
+    @staticmethod
+    def split_params(w: Tensor) -> tuple[Tensor, Tensor]:
+        scales, means = w.chunk(2, dim=1)
+        return scales, means
+
+    # -- training / evaluation -----------------------------------------------------------------
+
+    def forward(self, x: Tensor) -> CodecOutput:
+        """x: (B, 3, H, W) in [0, 1], H and W multiples of 64."""
+        y = self.g_a(x)
+        z = self.h_a(y)
+        z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        w = self.hyper_synthesis(z_hat)
+        scales, means = self.split_params(w)
+        _, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
+        # The decoder sees hard-rounded latents even in training (straight-through), so what it
+        # learns on is what it will get from the bitstream; the rate uses the noisy proxy.
+        y_round = self.gaussian_conditional.quantize(y, "dequantize", means)
+        y_hat = y + (y_round - y).detach() if self.training else y_round
+        x_hat = self.g_s(y_hat)
+        return CodecOutput(x_hat, y_hat, w, {"y": y_likelihoods, "z": z_likelihoods})
+
+    # -- bitstreams ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def compress(self, x: Tensor) -> CodecStreams:
+        """x: (1, 3, H, W) in [0, 1], H and W multiples of 64 -> the two streams."""
+        if x.dim() != 4 or x.size(0) != 1:
+            raise ValueError("compress codes one image at a time: expected (1, 3, H, W)")
+        y = self.g_a(x)
+        z = self.h_a(y)
+        z_string = self.entropy_bottleneck.compress(z)[0]
+        z_hat = self.entropy_bottleneck.decompress([z_string], z.shape[-2:])
+        scales, means = self.split_params(self.hyper_synthesis(z_hat))
+        indexes = self.gaussian_conditional.build_indexes(scales)
+        y_string = self.gaussian_conditional.compress(y, indexes, means=means)[0]
+        crc = _symbols_crc(self._z_symbols(z_hat), self.gaussian_conditional.quantize(y, "symbols", means))
+        return CodecStreams(y_string, z_string, crc, (y.size(2), y.size(3)))
+
+    def _z_symbols(self, z_hat: Tensor) -> Tensor:
+        medians = self.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1)
+        return torch.round(z_hat - medians)
+
+    @torch.no_grad()
+    def decompress_latent(self, y: bytes, z: bytes, latent_hw: tuple[int, int]) -> tuple[Tensor, Tensor, int]:
+        """Bytes -> (y_hat, w, crc of the decoded symbols). No synthesis."""
+        h, w_ = latent_hw
+        if h % 4 or w_ % 4:
+            raise ValueError("latent size must be a multiple of 4 (images padded to 64)")
+        z_hat = self.entropy_bottleneck.decompress([z], (h // 4, w_ // 4))
+        w = self.hyper_synthesis(z_hat)
+        scales, means = self.split_params(w)
+        indexes = self.gaussian_conditional.build_indexes(scales)
+        y_hat = self.gaussian_conditional.decompress([y], indexes, means=means)
+        crc = _symbols_crc(self._z_symbols(z_hat), torch.round(y_hat - means))
+        return y_hat, w, crc
+
+    @torch.no_grad()
+    def decompress(self, streams: CodecStreams, synthesize: bool = True) -> CodecDecoded:
+        """Streams -> y_hat and the preliminary reconstruction x_vae = g_s(y_hat).
+
+        Raises :class:`~sodec.errors.DesyncError` when the decoded symbols' CRC differs from the
+        one the encoder recorded.
+        """
+        from ..errors import DesyncError
+
+        y_hat, w, crc = self.decompress_latent(streams.y, streams.z, streams.latent_hw)
+        if crc != streams.symbols_crc:
+            raise DesyncError(
+                "decoded symbols do not match the encoder's (entropy-decoder desync); refusing to "
+                "produce a wrong image"
+            )
+        x_vae = self.g_s(y_hat).clamp_(0, 1) if synthesize else None
+        return CodecDecoded(y_hat, w, x_vae)
+
+
+    @torch.no_grad()
+    def reconstruct(self, y_hat: Tensor, w: Tensor, tile: int | None = None) -> Tensor:
+        """The standalone codec's decoder x_vae = g_s(y_hat), tiled past ``tile`` latents
+        (default 64 = 1024 px, 4-latent overlap) so memory stays bounded at any size."""
+        return tiled_decode(lambda y: self.g_s(y).clamp(0, 1), (y_hat,), 16, tile or 64, 4)

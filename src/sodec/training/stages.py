@@ -1,0 +1,122 @@
+"""A training stage as data: what trains, what is frozen, the losses, the rate weight.
+
+SODEC's rate annealing (paper Sec. 3.4, see docs/design.md) is three of these in a row:
+1. codec at a high rate (small lambda),
+2. the diffusion parts with the codec frozen (distortion only),
+3. everything jointly while lambda rises to the target.
+Stage files are TOML; :func:`load_stage` turns one into a frozen :class:`StageConfig`, and
+the resolved config is written into every run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import from_dict
+
+KNOWN_LOSSES = ("mse", "ms_ssim", "lpips_alex", "lpips_vgg", "dists", "align", "gan")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    name: str
+    # Where the model comes from: a checkpoint path / registered model name, or a fresh preset
+    # "<kind>:<preset>" (e.g. "codec:small", "sodec:small"). ``init`` wins when both are set.
+    init: str | None = None
+    preset: str | None = None
+    # fnmatch globs over parameter names; everything not matched is frozen (requires_grad False).
+    train: tuple[str, ...] = ("*",)
+    # Distortion terms and their weights (mse is on the 0..255 scale, like CompressAI's lambda).
+    losses: dict[str, float] = field(default_factory=lambda: {"mse": 1.0})
+    # loss = sum(w_k L_k) + lambda(step) * bpp; lambda moves from rate_weight to rate_weight_end.
+    rate_weight: float = 0.0
+    rate_weight_end: float | None = None
+    anneal: str = "log"  # "linear" or "log" interpolation of lambda over the stage's steps
+    lr: float = 1e-4
+    lr_schedule: str = "cosine"  # "constant" or "cosine" (to lr/10 at the end)
+    warmup_steps: int = 0
+    aux_lr: float = 1e-3  # EntropyBottleneck quantiles (CompressAI's auxiliary loss)
+    grad_clip: float = 1.0
+    steps: int = 1000
+    batch_size: int = 8
+    crop: int = 128
+    seed: int = 0
+    data: str = "../shared/data/train"
+    holdout: float = 0.05
+    val_images: int = 4
+    validate_every: int = 500
+    checkpoint_every: int = 250
+    log_every: int = 10
+    # Discriminator learning rate (only used when losses has "gan").
+    disc_lr: float = 1e-4
+
+    def __post_init__(self) -> None:
+        unknown = set(self.losses) - set(KNOWN_LOSSES)
+        if unknown:
+            raise ValueError(f"stage {self.name!r}: unknown losses {sorted(unknown)}; known: {KNOWN_LOSSES}")
+        if self.init is None and self.preset is None:
+            raise ValueError(f"stage {self.name!r}: give init (a checkpoint) or preset (kind:preset)")
+        if self.anneal not in ("linear", "log") or self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"stage {self.name!r}: anneal is linear|log, lr_schedule constant|cosine")
+        if self.steps < 1 or self.batch_size < 1 or self.crop < 64 or self.crop % 64:
+            raise ValueError(f"stage {self.name!r}: steps, batch_size >= 1 and crop a multiple of 64")
+
+    def rate_weight_at(self, step: int) -> float:
+        """lambda for ``step`` (0-based): the annealing schedule of paper Sec. 3.4."""
+        end = self.rate_weight if self.rate_weight_end is None else self.rate_weight_end
+        t = min(1.0, step / max(1, self.steps - 1))
+        if self.anneal == "log" and self.rate_weight > 0 and end > 0:
+            return float(self.rate_weight * (end / self.rate_weight) ** t)
+        return float(self.rate_weight + (end - self.rate_weight) * t)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+def stage_from_dict(d: dict[str, Any], base_dir: Path | None = None) -> StageConfig:
+    d = dict(d)
+    if base_dir is not None:
+        # Paths in a stage file are relative to that file, so configs work from any folder.
+        for key in ("data", "init"):
+            v = d.get(key)
+            if isinstance(v, str) and (v.startswith("./") or v.startswith("../")):
+                d[key] = str((base_dir / v).resolve())
+    if "losses" in d:
+        d["losses"] = {k: float(v) for k, v in d["losses"].items()}
+    return from_dict(StageConfig, d)
+
+
+def load_stage(path: str | Path, **overrides: Any) -> StageConfig:
+    path = Path(path)
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    if "stage" in data and isinstance(data["stage"], list):
+        raise ValueError(f"{path} is a schedule (several [[stage]]); use load_schedule")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return stage_from_dict(data, path.parent)
+
+
+def load_schedule(path: str | Path, **overrides: Any) -> list[StageConfig]:
+    """A TOML file with ``[defaults]`` and several ``[[stage]]`` tables, run in order.
+
+    A stage without ``init`` or ``preset`` starts from the previous stage's final checkpoint
+    (filled in by the trainer at run time, since that path only exists then).
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    defaults = data.get("defaults", {})
+    stages = []
+    for i, table in enumerate(data.get("stage", [])):
+        merged = {**defaults, **table, **{k: v for k, v in overrides.items() if v is not None}}
+        if i > 0 and "init" not in table and "preset" not in table:
+            merged["init"] = "@previous"
+        stages.append(stage_from_dict(merged, path.parent))
+    if not stages:
+        raise ValueError(f"{path}: no [[stage]] tables")
+    return stages

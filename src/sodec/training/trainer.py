@@ -1,0 +1,393 @@
+"""The one training entry point: runs any :class:`StageConfig`, on one process or many.
+
+Multi-process data parallel runs go through ``torchrun`` (torch.distributed + DDP): the same
+command works on one CPU, several GPUs (NCCL) or several nodes; CPU processes use gloo. Each rank
+draws its own crops (the sampler is a function of seed, step, rank), gradients are averaged by DDP,
+rank 0 writes checkpoints and logs.
+
+Run folder layout::
+
+    stage.json              the resolved stage config
+    train_state.safetensors model + optimizer state + step (resume point, every N steps)
+    model.safetensors       final weights with config (what scripts/ship_model.py ships)
+    model.sha256
+    log.csv                 step, loss terms, bpp estimate, lambda, lr, s/step
+    val.csv                 validation: bpp from real bytes, PSNR
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..checkpoint import atomic_write_via, build_model, load_checkpoint, save_checkpoint
+from ..data import CropSampler, list_images, load_rgb, split_holdout
+from ..losses import PerceptualLosses, bpp, distortion_terms
+from .stages import StageConfig
+
+PERCEPTUAL = ("lpips_alex", "lpips_vgg", "dists")
+
+
+@dataclass
+class StageResult:
+    run_dir: Path
+    checkpoint: Path
+    sha256: str
+    steps: int
+    seconds: float
+    last: dict[str, float]
+
+
+def _dist() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment; initialises the group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return rank, world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _model_kind(model: nn.Module) -> str:
+    from ..models.vae_codec import VAECodec
+
+    return "codec" if isinstance(model, VAECodec) else "sodec"
+
+
+def build_stage_model(stage: StageConfig, previous: Path | None = None) -> tuple[nn.Module, str]:
+    """The stage's starting model: a checkpoint (or the previous stage's), or a fresh preset."""
+    init = stage.init
+    if init == "@previous":
+        if previous is None:
+            raise ValueError(f"stage {stage.name!r} starts from the previous stage, but there is none")
+        init = str(previous)
+    if init is not None:
+        path = Path(init)
+        if not path.is_file():
+            from .. import registry
+
+            path = registry.resolve(init).path
+        model, meta = load_checkpoint(path)
+        return model, meta["sodec.kind"]
+    kind, _, preset = (stage.preset or "").partition(":")
+    from ..models.presets import preset_config
+
+    cfg = preset_config(kind, preset)
+    return build_model(kind, cfg), kind
+
+
+def select_trainable(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
+    """requires_grad = matches any glob; returns the trainable names (an empty match is an error)."""
+    names = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(fnmatch.fnmatchcase(name, pat) for pat in patterns))
+        if p.requires_grad:
+            names.append(name)
+    if not names:
+        raise ValueError(f"no parameter matches train = {list(patterns)}")
+    return names
+
+
+def _lr_at(stage: StageConfig, step: int) -> float:
+    if stage.warmup_steps and step < stage.warmup_steps:
+        return stage.lr * (step + 1) / stage.warmup_steps
+    if stage.lr_schedule == "constant":
+        return stage.lr
+    t = min(1.0, step / max(1, stage.steps - 1))
+    return stage.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _flatten_optim(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"{prefix}.{idx}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _unflatten_optim(prefix: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        if key.startswith(prefix + "."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+class Trainer:
+    """Runs one stage; ``run()`` resumes from ``train_state.safetensors`` when present."""
+
+    def __init__(
+        self,
+        stage: StageConfig,
+        run_dir: str | Path,
+        previous: Path | None = None,
+        weights_dir: str | None = None,
+        progress: bool = True,
+        device: str | None = None,
+    ) -> None:
+        self.stage = stage
+        self.run_dir = Path(run_dir)
+        self.rank, self.world, local = _dist()
+        if device is None:
+            device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.progress = progress and self.rank == 0
+        self.model, self.kind = build_stage_model(stage, previous)
+        self.model.to(self.device).train()
+        self.trainable = select_trainable(self.model, stage.train)
+        main = [p for n, p in self.model.named_parameters() if p.requires_grad and not n.endswith("quantiles")]
+        aux = [p for n, p in self.model.named_parameters() if p.requires_grad and n.endswith("quantiles")]
+        self.opt = torch.optim.AdamW(main, lr=stage.lr, weight_decay=0.0) if main else None
+        self.aux_opt = torch.optim.Adam(aux, lr=stage.aux_lr) if aux else None
+        names = [k for k in stage.losses if k in PERCEPTUAL]
+        self.perceptual = PerceptualLosses(names, weights_dir).to(self.device) if names else None
+        self.disc = self.disc_opt = None
+        if "gan" in stage.losses:
+            from ..losses import PatchDiscriminator
+
+            self.disc = PatchDiscriminator().to(self.device)
+            self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=stage.disc_lr, betas=(0.5, 0.999))
+        self.ddp: nn.Module = self.model
+        if self.world > 1:
+            ignore = [n for n, _ in self.model.named_parameters() if n.endswith("quantiles")]
+            # Quantiles train on a data-independent aux loss: identical on every rank, no sync.
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, ignore)
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,
+                find_unused_parameters=True,
+            )
+            if self.disc is not None:
+                self.disc = nn.parallel.DistributedDataParallel(self.disc, broadcast_buffers=False)
+        files = list_images(stage.data)
+        train_files, held = split_holdout(files, stage.holdout, stage.seed)
+        self.sampler = CropSampler(train_files, stage.crop, stage.seed)
+        self.val_files = held[: stage.val_images]
+        self.step = 0
+
+    # -- state ----------------------------------------------------------------------------------
+
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / "train_state.safetensors"
+
+    def save_state(self) -> None:
+        if self.rank != 0:
+            return
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        meta: dict[str, Any] = {"step": self.step, "stage": self.stage.to_json()}
+        for prefix, opt in (("opt", self.opt), ("aux", self.aux_opt), ("dopt", self.disc_opt)):
+            if opt is not None:
+                t, m = _flatten_optim(prefix, opt)
+                tensors.update({k: v.cpu().contiguous() for k, v in t.items()})
+                meta[prefix] = m
+        if self.disc is not None:
+            disc = self.disc.module if hasattr(self.disc, "module") else self.disc
+            tensors.update({f"disc.{k}": v.detach().cpu().contiguous() for k, v in disc.state_dict().items()})
+        atomic_write_via(self.state_path, lambda tmp: save_file(tensors, tmp, metadata={"sodec.train": json.dumps(meta)}))
+
+    def load_state(self) -> bool:
+        if not self.state_path.is_file():
+            return False
+        from safetensors import safe_open
+
+        with safe_open(str(self.state_path), framework="pt") as f:
+            meta = json.loads(f.metadata()["sodec.train"])
+        tensors = load_file(str(self.state_path))
+        if json.loads(meta["stage"]) != json.loads(self.stage.to_json()):
+            raise ValueError(f"{self.state_path} was written by a different stage config; use a new run folder")
+        model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.model.load_state_dict(model_sd, strict=True)
+        for prefix, opt in (("opt", self.opt), ("aux", self.aux_opt), ("dopt", self.disc_opt)):
+            if opt is not None:
+                _unflatten_optim(prefix, opt, tensors, meta[prefix])
+        if self.disc is not None:
+            disc = self.disc.module if hasattr(self.disc, "module") else self.disc
+            disc.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("disc.")})
+        self.step = int(meta["step"])
+        return True
+
+    # -- one step -------------------------------------------------------------------------------
+
+    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+        stage = self.stage
+        lam = stage.rate_weight_at(self.step)
+        lr = _lr_at(stage, self.step)
+        if self.opt is not None:
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+        out = self.ddp(x)
+        n_pix = x.size(0) * x.size(2) * x.size(3)
+        rate = bpp(out.likelihoods, n_pix)
+        terms = distortion_terms(stage.losses, x, out.x_hat, getattr(out, "x_fidelity", None), self.perceptual)
+        loss = sum(stage.losses[k] * v for k, v in terms.items()) + lam * rate
+        if self.disc is not None:
+            g_adv = self.disc(out.x_hat, out.y_hat.detach())
+            terms["gan"] = torch.nn.functional.softplus(-g_adv).mean()
+            loss = loss + stage.losses["gan"] * terms["gan"]
+        if self.opt is not None:
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            params = [p for g in self.opt.param_groups for p in g["params"]]
+            if stage.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
+            self.opt.step()
+        if self.disc is not None and self.disc_opt is not None:
+            real = self.disc(x, out.y_hat.detach())
+            fake = self.disc(out.x_hat.detach(), out.y_hat.detach())
+            d_loss = torch.nn.functional.softplus(-real).mean() + torch.nn.functional.softplus(fake).mean()
+            self.disc_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.disc_opt.step()
+            terms["disc"] = d_loss.detach()
+        if self.aux_opt is not None:
+            aux_loss = self.model.aux_loss()  # type: ignore[operator]
+            self.aux_opt.zero_grad(set_to_none=True)
+            aux_loss.backward()
+            self.aux_opt.step()
+            terms["aux"] = aux_loss.detach()
+        rec = {k: float(v.detach()) for k, v in terms.items()}
+        rec.update(loss=float(loss.detach()), bpp_est=float(rate.detach()), rate_weight=lam, lr=lr)
+        return rec
+
+    # -- validation -----------------------------------------------------------------------------
+
+    def validate(self) -> dict[str, float]:
+        """bpp from real .sodec bytes (header included) and PSNR on the held-out images."""
+        from .. import api
+
+        self.model.eval()
+        try:
+            self.model.update(force=True)  # type: ignore[operator]
+        except AttributeError:
+            self.model.codec.update(force=True)  # type: ignore[union-attr,operator]
+        m = api.Model(self.model.cpu() if self.device.type != "cpu" else self.model, self.kind, "train", "0" * 64)
+        bpps, psnrs = [], []
+        for f in self.val_files:
+            img = load_rgb(f)
+            data = api.compress(m, img)
+            rec = api.decompress(data, m)
+            bpps.append(8 * len(data) / (img.shape[0] * img.shape[1]))
+            mse = np.mean((rec.astype(np.float64) - img.astype(np.float64)) ** 2)
+            psnrs.append(10 * math.log10(255**2 / max(mse, 1e-10)))
+        self.model.to(self.device).train()
+        return {"val_bpp": float(np.mean(bpps)) if bpps else float("nan"), "val_psnr": float(np.mean(psnrs)) if psnrs else float("nan")}
+
+    # -- loop -----------------------------------------------------------------------------------
+
+    def run(self, resume: bool = True) -> StageResult:
+        stage = self.stage
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            (self.run_dir / "stage.json").write_text(stage.to_json())
+        if resume and self.load_state() and self.rank == 0:
+            print(f"[{stage.name}] resumed at step {self.step}", file=sys.stderr)
+        log_path = self.run_dir / "log.csv"
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=stage.steps, initial=self.step, desc=stage.name, dynamic_ncols=True, file=sys.stderr)
+        t_start = time.time()
+        rec: dict[str, float] = {}
+        writer = None
+        while self.step < stage.steps:
+            # Noise (quantization proxy) is seeded per step: resume repeats the same draws.
+            torch.manual_seed(hash((stage.seed, self.step, self.rank)) & 0x7FFFFFFF)
+            x = self.sampler.batch(self.step, stage.batch_size, self.rank).to(self.device)
+            t0 = time.time()
+            rec = self.train_step(x)
+            rec["s_per_step"] = time.time() - t0
+            self.step += 1
+            if self.rank == 0 and (self.step % stage.log_every == 0 or self.step == stage.steps):
+                new = not log_path.exists()
+                with open(log_path, "a", newline="") as f:
+                    if writer is None or new:
+                        writer = sorted(rec)
+                    w = csv.writer(f)
+                    if new:
+                        w.writerow(["step", *writer])
+                    w.writerow([self.step, *(f"{rec.get(k, float('nan')):.6g}" for k in writer)])
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{rec['loss']:.3g}", bpp=f"{rec['bpp_est']:.3f}", s=f"{rec['s_per_step']:.2f}")
+            if self.step % stage.checkpoint_every == 0 and self.step < stage.steps:
+                self.save_state()
+            if self.rank == 0 and self.val_files and stage.validate_every and self.step % stage.validate_every == 0:
+                self._log_val()
+        if bar is not None:
+            bar.close()
+        self.save_state()
+        return self.finish(time.time() - t_start, rec)
+
+    def _log_val(self) -> dict[str, float]:
+        v = self.validate()
+        path = self.run_dir / "val.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", "val_bpp", "val_psnr"])
+            w.writerow([self.step, f"{v['val_bpp']:.5f}", f"{v['val_psnr']:.3f}"])
+        print(f"[{self.stage.name}] step {self.step}: val bpp {v['val_bpp']:.4f} PSNR {v['val_psnr']:.2f}", file=sys.stderr)
+        return v
+
+    def finish(self, seconds: float, rec: dict[str, float]) -> StageResult:
+        ckpt = self.run_dir / "model.safetensors"
+        sha = ""
+        if self.rank == 0:
+            last = dict(rec)
+            every = self.stage.validate_every
+            if self.val_files and not (every and self.step % every == 0):  # else run() just did it
+                last.update(self._log_val())
+            self.model.eval()
+            cfg = self.model.cfg  # type: ignore[attr-defined]
+            sha = save_checkpoint(ckpt, self.model, self.kind, cfg, {"sodec.stage": self.stage.name})
+            (self.run_dir / "model.sha256").write_text(f"{sha}  model.safetensors\n")
+            rec = last
+        if dist.is_initialized():
+            dist.barrier()
+        return StageResult(self.run_dir, ckpt, sha, self.step, seconds, rec)
+
+
+def run_stage(stage: StageConfig, run_dir: str | Path, **kw: Any) -> StageResult:
+    resume = kw.pop("resume", True)
+    return Trainer(stage, run_dir, **kw).run(resume=resume)
+
+
+def run_schedule(stages: list[StageConfig], run_dir: str | Path, **kw: Any) -> list[StageResult]:
+    """Run stages in order; each ``@previous`` init takes the last stage's final checkpoint."""
+    results: list[StageResult] = []
+    previous: Path | None = None
+    for i, stage in enumerate(stages):
+        sub = Path(run_dir) / f"{i + 1}-{stage.name}"
+        done = sub / "model.safetensors"
+        if kw.get("resume", True) and done.is_file() and (sub / "train_state.safetensors").is_file():
+            # A finished stage is not rerun on resume.
+            from safetensors import safe_open
+
+            with safe_open(str(sub / "train_state.safetensors"), framework="pt") as f:
+                if json.loads(f.metadata()["sodec.train"])["step"] >= stage.steps:
+                    previous = done
+                    continue
+        res = run_stage(stage, sub, previous=previous, **kw)
+        results.append(res)
+        previous = res.checkpoint
+    return results
