@@ -20,8 +20,8 @@ from torch import nn
 
 from . import container, registry
 from .checkpoint import load_checkpoint, sha256_file
-from .errors import CorruptedError, DesyncError, SodecError, UsageError, WrongModelError
-from .models.vae_codec import CodecStreams, VAECodec
+from .errors import CorruptedError, DesyncError, FormatError, LimitsError, SodecError, UsageError, WrongModelError
+from .models.vae_codec import VAECodec
 
 PAD_MULTIPLE = 64  # z sits at stride 64; SODEC's UNet needs its latent divisible by 8 (= 64 px)
 
@@ -44,16 +44,25 @@ class Model:
         return bytes.fromhex(self.sha256[:8])
 
 
-def load_model(model: str | os.PathLike[str] | None = None, quality: int | None = None) -> Model:
-    """A shipped model by name/family/quality, or a checkpoint file by path."""
+def load_model(
+    model: str | os.PathLike[str] | None = None,
+    quality: int | None = None,
+    base_weights: str | os.PathLike[str] | None = None,
+) -> Model:
+    """A shipped model by name/family/quality, or a checkpoint file by path.
+
+    ``base_weights``: for paper-preset SODEC checkpoints, the diffusers folder (or hub id) with
+    the SD UNet/VAE (e.g. a downloaded SD-Turbo); it overrides the one the checkpoint names.
+    """
+    kw = {"base_weights": base_weights} if base_weights is not None else {}
     if model is not None and (Path(model).suffix == ".safetensors" or os.sep in str(model)):
         path = Path(model)
         sha = sha256_file(path) if path.is_file() else ""
-        module, meta = load_checkpoint(path, sha or None)
+        module, meta = load_checkpoint(path, sha or None, **kw)
         mid = meta.get("sodec.model_id") or registry.model_id_for_path(path)
         return Model(module, meta["sodec.kind"], mid, sha)
     entry = registry.resolve(None if model is None else str(model), quality)
-    module, meta = load_checkpoint(entry.path, entry.sha256)
+    module, meta = load_checkpoint(entry.path, entry.sha256, **kw)
     if meta["sodec.kind"] != entry.kind:
         raise WrongModelError(f"{entry.file} holds a {meta['sodec.kind']} model, registry says {entry.kind}")
     return Model(module, entry.kind, entry.name, entry.sha256)
@@ -103,14 +112,103 @@ def check_model(model: Model, header: container.Header) -> None:
         )
 
 
-def model_for(header: container.Header) -> Model:
+def model_for(header: container.Header, base_weights: str | os.PathLike[str] | None = None) -> Model:
     try:
         entry = registry.get(header.model_id)
     except SodecError:
         raise WrongModelError(
             f"the file was made by model {header.model_id!r}, which is not installed; pass --model PATH"
         ) from None
-    return load_model(entry.name)
+    return load_model(entry.name, base_weights=base_weights)
+
+
+def padded_size(width: int, height: int) -> tuple[int, int]:
+    """(W, H) rounded up to multiples of PAD_MULTIPLE: the area the decoder actually works on."""
+    return -(-width // PAD_MULTIPLE) * PAD_MULTIPLE, -(-height // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+# Zero bytes appended to each stream before it reaches CompressAI's rANS decoder. That decoder
+# (compressai/cpp_exts/rans/rans_interface.cpp) reads 32-bit words with no bounds check: a
+# hostile stream that passes the CRCs (a re-sealed file) makes it read past the buffer, which
+# was a segfault (tests/data/regressions/). It consumes at most one word per symbol outside
+# bypass mode; bypass mode can turn each 4-bit "15" continuation it reads into 15 more nibbles,
+# so at most 15 bytes per stream byte. Valid streams never read into the padding, so decoding
+# is unchanged. See docs/reliability.md.
+def _stream_padding(length: int, n_symbols: int) -> int:
+    return 16 * length + 8 * n_symbols + 4096
+
+
+def check_stream(name: str, length: int, n_symbols: int) -> None:
+    """Refuse a stream length the rANS encoder cannot produce for ``n_symbols`` symbols.
+
+    CompressAI's encoder writes whole 32-bit words, ends with a 2-word flush, and writes into a
+    buffer of one word per symbol, so a real stream is a multiple of 4 bytes in [8, 4n].
+    """
+    if length % 4 or length < 8 or length > max(8, 4 * n_symbols):
+        raise FormatError(f"{name} stream of {length} bytes is impossible for {n_symbols} symbols")
+
+
+def _decode_failed(e: BaseException) -> SodecError:
+    msg = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+    if isinstance(e, MemoryError) or "allocate" in msg:
+        return LimitsError(f"not enough memory to decode this image ({msg})")
+    return CorruptedError(f"entropy decoding failed ({msg})")
+
+
+@dataclass
+class DecodedLatents:
+    """The integer-exact part of decoding: what the bitstream determines before any synthesis."""
+
+    header: container.Header
+    y_hat: torch.Tensor  # (1, C, H/16, W/16), padded size
+    w: torch.Tensor  # (1, 2C, H/16, W/16): h_s output (scales, means)
+    model: Model
+
+
+def decode_latents(
+    data: bytes,
+    model: Model | None = None,
+    max_pixels: int | None = container.DEFAULT_MAX_PIXELS,
+    base_weights: str | os.PathLike[str] | None = None,
+) -> DecodedLatents:
+    """Bytes -> checked latents; raises a SodecError for anything it cannot decode exactly.
+
+    Every check that needs no model runs before one is loaded or a tensor is made: the
+    container (CRCs, lengths against the file size, ``max_pixels``), the padded area against
+    ``max_pixels``, then each stream's length against its symbol count. The decoded symbols'
+    CRC must equal the encoder's (:class:`DesyncError` otherwise).
+    """
+    box = container.unpack(data, max_pixels)
+    h = box.header
+    wp, hp = padded_size(h.width, h.height)
+    if max_pixels is not None and wp * hp > max_pixels:
+        # A 2^24 x 1 image passes the pixel limit but is decoded at 2^24 x 64.
+        raise LimitsError(
+            f"image of {h.width}x{h.height} is decoded padded to {wp}x{hp}, over the limit of {max_pixels} pixels"
+        )
+    if len(box.streams) != 2:
+        raise FormatError(f"a codec file holds 2 streams (z, y), this one {len(box.streams)}")
+    model = model or model_for(h, base_weights)
+    check_model(model, h)
+    cfg = model.codec.cfg
+    latent_hw = (hp // 16, wp // 16)
+    n_y = cfg.latent_channels * latent_hw[0] * latent_hw[1]
+    n_z = cfg.hyper_latent_channels * (latent_hw[0] // 4) * (latent_hw[1] // 4)
+    z, y = box.streams
+    check_stream("z", len(z), n_z)
+    check_stream("y", len(y), n_y)
+    z_padded = z + bytes(_stream_padding(len(z), n_z))
+    y_padded = y + bytes(_stream_padding(len(y), n_y))
+    with torch.inference_mode():
+        try:
+            y_hat, w, crc = model.codec.decompress_latent(y_padded, z_padded, latent_hw)
+        except (RuntimeError, ValueError, IndexError, OverflowError, MemoryError) as e:
+            raise _decode_failed(e) from None
+    if crc != h.symbols_crc:
+        raise DesyncError(
+            "decoded symbols do not match the encoder's (entropy-decoder desync); refusing to produce a wrong image"
+        )
+    return DecodedLatents(h, y_hat, w, model)
 
 
 def decompress(
@@ -118,26 +216,18 @@ def decompress(
     model: Model | None = None,
     max_pixels: int | None = container.DEFAULT_MAX_PIXELS,
     tile: int | None = None,
+    base_weights: str | os.PathLike[str] | None = None,
 ) -> np.ndarray:
     """Decode a .sodec file to an (H, W, 3) uint8 image (the model is found from the header)."""
-    box = container.unpack(data, max_pixels)
-    h = box.header
-    model = model or model_for(h)
-    check_model(model, h)
-    if len(box.streams) != 2:
-        raise CorruptedError(f"expected 2 streams (z, y), found {len(box.streams)}")
-    hp, wp = -(-h.height // PAD_MULTIPLE) * PAD_MULTIPLE, -(-h.width // PAD_MULTIPLE) * PAD_MULTIPLE
-    streams = CodecStreams(y=box.streams[1], z=box.streams[0], symbols_crc=h.symbols_crc, latent_hw=(hp // 16, wp // 16))
+    if tile is not None and (tile <= 8 or tile % 4):
+        raise UsageError(f"tile {tile}: use a multiple of 4 above 8 (latent rows/cols)")
+    lat = decode_latents(data, model, max_pixels, base_weights)
+    h = lat.header
     with torch.inference_mode():
         try:
-            y_hat, w, crc = model.codec.decompress_latent(streams.y, streams.z, streams.latent_hw)
-        except (RuntimeError, ValueError, IndexError, OverflowError) as e:
-            raise CorruptedError(f"entropy decoding failed ({str(e).splitlines()[0][:120]})") from None
-        if crc != h.symbols_crc:
-            raise DesyncError(
-                "decoded symbols do not match the encoder's (entropy-decoder desync); refusing to produce a wrong image"
-            )
-        x = model.module.reconstruct(y_hat, w, tile=tile)  # type: ignore[operator]
+            x = lat.model.module.reconstruct(lat.y_hat, lat.w, tile=tile)  # type: ignore[operator]
+        except MemoryError as e:
+            raise _decode_failed(e) from None
     return to_uint8(x[..., : h.height, : h.width])
 
 
@@ -158,7 +248,7 @@ def info(data: bytes, max_pixels: int | None = container.DEFAULT_MAX_PIXELS) -> 
         "weights_id": h.weights_id.hex(),
         "width": h.width,
         "height": h.height,
-        "padded_to": [-(-h.width // PAD_MULTIPLE) * PAD_MULTIPLE, -(-h.height // PAD_MULTIPLE) * PAD_MULTIPLE],
+        "padded_to": list(padded_size(h.width, h.height)),
         "padding": "edge-replicate, bottom/right",
         "entropy_coder": container.CODERS[h.coder],
         "streams": {"z": h.stream_lengths[0], "y": h.stream_lengths[1]} if len(h.stream_lengths) == 2 else list(h.stream_lengths),

@@ -49,6 +49,10 @@ def atomic_write_via(path: str | os.PathLike[str], write: Callable[[str], None])
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp makes the file 0600; give the result the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -64,7 +68,11 @@ def save_checkpoint(
     state_dict: dict[str, torch.Tensor] | None = None,
 ) -> str:
     """Write ``model``'s weights with its config; returns the file's sha256."""
-    sd = state_dict if state_dict is not None else model.state_dict()
+    if state_dict is None:
+        # Paper-preset SODEC models leave the frozen SD weights out (they load from base_weights).
+        own = getattr(model, "checkpoint_state_dict", None)
+        state_dict = own() if own is not None else model.state_dict()
+    sd = state_dict
     tensors = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
     meta = {"sodec.format": FORMAT, "sodec.kind": kind, "sodec.config": config_mod.to_json(cfg)}
     meta.update(extra or {})
@@ -100,22 +108,25 @@ def read_checkpoint(
     return meta["sodec.kind"], cfg, state, meta
 
 
-def build_model(kind: str, cfg: Any) -> nn.Module:
+def build_model(kind: str, cfg: Any, **kwargs: Any) -> nn.Module:
     if kind not in _BUILDERS:
         # Import lazily so that registering kinds never costs a diffusers import for codecs.
         from .models import registry_kinds  # noqa: F401
 
     if kind not in _BUILDERS:
         raise WeightsError(f"unknown model kind {kind!r}")
-    return _BUILDERS[kind](cfg)
+    return _BUILDERS[kind](cfg, **kwargs)
 
 
 def load_checkpoint(
-    path: str | os.PathLike[str], expected_sha256: str | None = None
+    path: str | os.PathLike[str], expected_sha256: str | None = None, **build_kwargs: Any
 ) -> tuple[nn.Module, dict[str, str]]:
-    """Rebuild the model from its own config and load the weights strictly."""
+    """Rebuild the model from its own config and load the weights strictly.
+
+    ``build_kwargs`` go to the model's constructor (e.g. ``base_weights=DIR`` for a paper-preset
+    SODEC model whose frozen SD weights live in a diffusers folder)."""
     kind, cfg, state, meta = read_checkpoint(path, expected_sha256)
-    model = build_model(kind, cfg)
+    model = build_model(kind, cfg, **build_kwargs)
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, KeyError, ValueError) as e:

@@ -66,7 +66,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     image, notes = read_image(raw)
     for n in notes:
         _say(args, f"note: {n}")
-    model = api.load_model(args.model, args.quality)
+    model = api.load_model(args.model, args.quality, base_weights=args.weights)
     t = time.perf_counter()
     data = api.compress(model, image)
     dt = time.perf_counter() - t
@@ -83,9 +83,9 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     data = _read_input(args.input)
     out = args.output or ("-" if args.input == "-" else str(Path(args.input).with_suffix(".png")))
     suffix = ".png" if out == "-" else Path(out).suffix
-    model = api.load_model(args.model) if args.model else None
+    model = api.load_model(args.model, base_weights=args.weights) if args.model else None
     t = time.perf_counter()
-    image = api.decompress(data, model, max_pixels=_limit(args), tile=args.tile)
+    image = api.decompress(data, model, max_pixels=_limit(args), tile=args.tile, base_weights=args.weights)
     dt = time.perf_counter() - t
     _write_output(out, encode_image_file(image, suffix))
     _say(args, f"{args.input} -> {out}: {image.shape[1]}x{image.shape[0]}, {dt:.2f} s")
@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="output .sodec file, or - for stdout (default: INPUT.sodec)")
     c.add_argument("--model", "-m", help="model name, family, or a .safetensors checkpoint (default: the shipped default)")
     c.add_argument("--quality", "-Q", type=int, help="rate point within the model family (1 = smallest files)")
+    c.add_argument("--weights", help="diffusers folder (or hub id) with the SD UNet/VAE for paper-preset models")
     common(c)
     c.set_defaults(func=cmd_compress)
 
@@ -153,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("input", help=".sodec file, or - for stdin")
     d.add_argument("-o", "--output", help="output image, or - for PNG on stdout (default: INPUT.png)")
     d.add_argument("--model", "-m", help="decode with this model/checkpoint (default: the one the file names)")
+    d.add_argument("--weights", help="diffusers folder (or hub id) with the SD UNet/VAE for paper-preset models")
     d.add_argument("--max-pixels", type=int, default=None, help="refuse files claiming more pixels (default 178956970; 0 = no limit)")
     d.add_argument("--tile", type=int, default=None, help="decode in tiles of this many latent rows/cols (multiple of 4)")
     common(d)

@@ -71,6 +71,207 @@ CODEC_PRESETS: dict[str, CodecConfig] = {
 }
 
 
+@dataclass(frozen=True)
+class TransformConfig:
+    """Transformation module T_s (paper Fig. 2b): (y_hat, w) at stride 16 -> y_t, 4 ch at stride 8.
+
+    The paper does not publish its layers; ours: 3x3 conv on concat(y_hat, w), residual blocks,
+    one 2x pixel-shuffle upsampling, 3x3 conv to the diffusion latent's channels.
+    """
+
+    hidden_channels: int = 512
+    residual_blocks: int = 2
+    out_channels: int = 4
+
+
+# LoRA targets as in OSEDiff (which SODEC builds on): attention projections, feed-forward and the
+# resnet convolutions of the UNet.
+LORA_TARGETS = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """diffusers ``UNet2DConditionModel`` arguments; the defaults are SD 2.1's (= SD-Turbo's)."""
+
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    down_block_types: tuple[str, ...] = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
+    up_block_types: tuple[str, ...] = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
+    layers_per_block: int = 2
+    # diffusers' historical name: for SD 2.x this is the number of heads per block.
+    attention_head_dim: tuple[int, ...] = (5, 10, 20, 20)
+    cross_attention_dim: int = 1024
+    use_linear_projection: bool = True
+    norm_num_groups: int = 32
+    sample_size: int = 96
+    # LoRA (peft) on the frozen UNet; rank 0 = no adapter, the UNet itself trains (small preset:
+    # there is no pretrained prior at that size to keep frozen).
+    lora_rank: int = 4
+    lora_targets: tuple[str, ...] = LORA_TARGETS
+
+    def diffusers_kwargs(self) -> dict:
+        return {
+            "sample_size": self.sample_size,
+            "in_channels": 4,
+            "out_channels": 4,
+            "down_block_types": self.down_block_types,
+            "up_block_types": self.up_block_types,
+            "block_out_channels": self.block_out_channels,
+            "layers_per_block": self.layers_per_block,
+            "attention_head_dim": self.attention_head_dim,
+            "cross_attention_dim": self.cross_attention_dim,
+            "use_linear_projection": self.use_linear_projection,
+            "norm_num_groups": self.norm_num_groups,
+            "act_fn": "silu",
+            "flip_sin_to_cos": True,
+            "freq_shift": 0,
+        }
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """diffusers ``AutoencoderKL`` arguments; the defaults are the SD 2.1 VAE's (8x, 4 ch)."""
+
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    latent_channels: int = 4
+    norm_num_groups: int = 32
+    scaling_factor: float = 0.18215
+    sample_size: int = 768
+
+    def diffusers_kwargs(self) -> dict:
+        n = len(self.block_out_channels)
+        return {
+            "in_channels": 3,
+            "out_channels": 3,
+            "down_block_types": ("DownEncoderBlock2D",) * n,
+            "up_block_types": ("UpDecoderBlock2D",) * n,
+            "block_out_channels": self.block_out_channels,
+            "layers_per_block": self.layers_per_block,
+            "latent_channels": self.latent_channels,
+            "norm_num_groups": self.norm_num_groups,
+            "sample_size": self.sample_size,
+            "scaling_factor": self.scaling_factor,
+            "act_fn": "silu",
+        }
+
+
+@dataclass(frozen=True)
+class FGMConfig:
+    """Fidelity guidance module (paper Fig. 2c): frozen ViT on x_f, trainable projector F_p.
+
+    ``timm_name`` picks a timm architecture (paper preset: DINOv2 ViT-L/14, 1024 wide; the paper
+    does not name its ViT); without it a plain timm ``VisionTransformer`` of the given size is
+    built. The projector maps the ViT's tokens to ``tokens`` x ``cond_dim`` (SD 2.1's text
+    embedding shape, 77 x 1024), which replaces the text condition in cross-attention.
+    """
+
+    timm_name: str | None = "vit_large_patch14_dinov2"
+    img_size: int = 224
+    patch_size: int = 14
+    embed_dim: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    tokens: int = 77
+    cond_dim: int = 1024
+    train_vit: bool = False  # the paper freezes it; the small preset has no pretrained ViT
+
+    @property
+    def num_vit_tokens(self) -> int:
+        return (self.img_size // self.patch_size) ** 2 + 1  # patches + class token
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The noise schedule of SD 2.1 and the single denoising step (paper Sec. 3.2)."""
+
+    timestep: int = 999  # SODEC denoises once, at t = 999
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    beta_schedule: str = "scaled_linear"
+    prediction_type: str = "epsilon"
+
+
+@dataclass(frozen=True)
+class SodecConfig:
+    """The whole SODEC model (paper Fig. 2): codec + fidelity decoder + T_s + UNet + VAE + FGM."""
+
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    transform: TransformConfig = field(default_factory=TransformConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    vae: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    fgm: FGMConfig = field(default_factory=FGMConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    # Paper preset: where the frozen SD UNet/VAE weights come from (a diffusers folder with unet/
+    # and vae/, or a hub id). None: they are inside the sodec checkpoint (small preset).
+    base_weights: str | None = None
+    # Decoded tile size in codec-latent units (x16 px) and overlap; see sodec.tiling.
+    tile: int = 64
+    tile_overlap: int = 4
+
+
+SODEC_PRESETS: dict[str, SodecConfig] = {
+    "paper": SodecConfig(base_weights="stabilityai/sd-turbo"),
+    "small": SodecConfig(
+        codec=CODEC_PRESETS["small"],
+        transform=TransformConfig(hidden_channels=64, residual_blocks=2),
+        # Widths chosen by measured CPU cost at 768x512 (benchmarks/decode_speed.py): the UNet is
+        # made the largest part (wide layers run efficiently on CPU), the full-resolution VAE
+        # decoder as narrow as possible, since its memory-bound layers decide decode time.
+        # No attention at the top level: self-attention over every latent pixel dominates CPU
+        # time there; the condition still enters at 1/2 and 1/4 of the latent size and mid-block.
+        unet=UNetConfig(
+            block_out_channels=(64, 128, 128),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            layers_per_block=1,
+            attention_head_dim=(2, 4, 4),
+            cross_attention_dim=64,
+            norm_num_groups=8,
+            sample_size=32,
+            lora_rank=0,
+        ),
+        vae=AutoencoderConfig(
+            block_out_channels=(8, 16, 32, 32), layers_per_block=1, norm_num_groups=8, scaling_factor=1.0, sample_size=256
+        ),
+        fgm=FGMConfig(
+            timm_name=None, img_size=64, patch_size=8, embed_dim=64, depth=2, num_heads=2, tokens=16, cond_dim=64, train_vit=True
+        ),
+    ),
+    # A few channels everywhere: for tests.
+    "tiny": SodecConfig(
+        codec=CODEC_PRESETS["tiny"],
+        transform=TransformConfig(hidden_channels=8, residual_blocks=1),
+        unet=UNetConfig(
+            block_out_channels=(8, 16),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            layers_per_block=1,
+            attention_head_dim=(2, 2),
+            cross_attention_dim=16,
+            norm_num_groups=4,
+            sample_size=16,
+            lora_rank=2,
+        ),
+        vae=AutoencoderConfig(block_out_channels=(4, 8, 8, 8), layers_per_block=1, norm_num_groups=4, scaling_factor=1.0, sample_size=64),
+        fgm=FGMConfig(timm_name=None, img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, tokens=8, cond_dim=16),
+        tile=16,
+    ),
+}
+
+
 # ---------------------------------------------------------------------------------------------
 # JSON round trip for (nested) frozen dataclasses.
 
@@ -137,11 +338,19 @@ def from_json(text: str) -> Any:
     return from_dict(cls, obj["config"])
 
 
-register_config(CodecConfig)
+for _cls in (CodecConfig, TransformConfig, UNetConfig, AutoencoderConfig, FGMConfig, DiffusionConfig, SodecConfig):
+    register_config(_cls)
 
 __all__ = [
     "CODEC_PRESETS",
+    "SODEC_PRESETS",
+    "AutoencoderConfig",
     "CodecConfig",
+    "DiffusionConfig",
+    "FGMConfig",
+    "SodecConfig",
+    "TransformConfig",
+    "UNetConfig",
     "field",
     "from_dict",
     "from_json",

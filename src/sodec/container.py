@@ -40,7 +40,8 @@ FLAG_PAD_REPLICATE = 0x01
 MAX_SIDE = 1 << 24
 MAX_STREAMS = 8
 MAX_MODEL_ID = 48
-MODEL_ID_RE = re.compile(rb"^[a-z0-9._-]+$")
+# fullmatch, not match with "$": "$" also matches before a trailing newline.
+MODEL_ID_RE = re.compile(rb"[a-z0-9._-]+")
 # Default pixel limit, as Pillow's decompression-bomb error threshold (2 * 89,478,485).
 DEFAULT_MAX_PIXELS = 178_956_970
 MIN_HEADER = 4 + 1 + 2 + 1 + 1 + 1 + 1 + 4 + 1 + 1 + 1 + 1 + 4 + 4  # smallest possible header
@@ -95,8 +96,10 @@ def _uv(n: int) -> bytes:
 def pack(header: Header, streams: list[bytes] | tuple[bytes, ...]) -> bytes:
     """Serialise a container. Validates the fields the parser would refuse."""
     mid = header.model_id.encode("ascii")
-    if not (1 <= len(mid) <= MAX_MODEL_ID) or not MODEL_ID_RE.match(mid):
+    if not (1 <= len(mid) <= MAX_MODEL_ID) or not MODEL_ID_RE.fullmatch(mid):
         raise ValueError(f"bad model id {header.model_id!r}")
+    if header.flags != FLAG_PAD_REPLICATE or header.coder not in CODERS:
+        raise ValueError("version 1 writes flags 0x01 and a known coder")
     if len(header.weights_id) != 4:
         raise ValueError("weights_id must be 4 bytes")
     if not (1 <= header.width <= MAX_SIDE and 1 <= header.height <= MAX_SIDE):
@@ -164,14 +167,14 @@ def parse_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> He
     r = _Reader(data, header_len - 4)
     r.pos = 7
     flags, coder, mlen = r.u8(), r.u8(), r.u8()
-    if flags & ~FLAG_PAD_REPLICATE:
-        raise FormatError(f"unknown header flags 0x{flags:02x}")
+    if flags != FLAG_PAD_REPLICATE:  # v1: bit 0 always set, the others clear
+        raise FormatError(f"header flags 0x{flags:02x} are not valid in version 1 (0x01)")
     if coder not in CODERS:
         raise FormatError(f"unknown entropy coder id {coder}")
     if not 1 <= mlen <= MAX_MODEL_ID:
         raise FormatError(f"model id length {mlen} out of range")
     mid = r.take(mlen)
-    if not MODEL_ID_RE.match(mid):
+    if not MODEL_ID_RE.fullmatch(mid):
         raise FormatError("model id has characters outside [a-z0-9._-]")
     weights_id = r.take(4)
     width, height = r.uv("width"), r.uv("height")
@@ -191,7 +194,9 @@ def parse_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> He
         raise TruncatedError(f"file is truncated ({len(data)} of {expected} bytes)")
     if len(data) > expected:
         raise CorruptedError(f"{len(data) - expected} unexpected bytes after the end of the stream")
-    return Header(mid.decode("ascii"), bytes(weights_id), width, height, lengths, symbols_crc, coder, flags, version, header_len)
+    return Header(
+        mid.decode("ascii"), bytes(weights_id), width, height, lengths, symbols_crc, coder, flags, version, header_len
+    )
 
 
 def unpack(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Container:
@@ -209,3 +214,22 @@ def unpack(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Containe
         streams.append(payload[pos : pos + n])
         pos += n
     return Container(h, tuple(streams))
+
+
+def reseal(data: bytes) -> bytes:
+    """Recompute both CRC-32s of an edited file (for tests, conformance files and fuzzing).
+
+    A test can then make a file wrong in one chosen way with checksums that still match, so it
+    exercises the check *behind* the CRCs (field validation, the entropy decoder, the symbols
+    CRC). Bytes too short to locate the header CRC come back unchanged.
+    """
+    b = bytearray(data)
+    if len(b) < 7:
+        return bytes(b)
+    (header_len,) = struct.unpack_from("<H", b, 5)
+    if header_len < 11 or header_len > len(b):  # the CRC would overwrite the length itself
+        return bytes(b)
+    b[header_len - 4 : header_len] = struct.pack("<I", zlib.crc32(b[: header_len - 4]))
+    if len(b) >= header_len + 4:
+        b[-4:] = struct.pack("<I", zlib.crc32(b[header_len:-4]))
+    return bytes(b)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from pathlib import Path
 
@@ -18,21 +19,41 @@ from PIL import Image, UnidentifiedImageError
 from .checkpoint import atomic_write_via
 from .errors import LimitsError, UnsupportedInputError
 
+# What Pillow raises on malformed files. Besides OSError/ValueError, fuzzing read_image with
+# mutated PNG/GIF/TIFF/BMP/... files found a TIFF without dimensions raising TypeError; the
+# others are what its plugins' parsing code can raise on short or inconsistent data.
+_DECODE_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    TypeError,
+    EOFError,
+    IndexError,
+    KeyError,
+    ZeroDivisionError,
+    struct.error,
+)
+
 
 def read_image(source: str | os.PathLike[str] | bytes) -> tuple[np.ndarray, list[str]]:
     """-> ((H, W, 3) uint8 RGB, notes about conversions made)."""
-    notes: list[str] = []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
             im.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            return _to_rgb(im)  # inside: frame counts and conversions read the file too
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as e:
         raise LimitsError(f"image too large: {e}") from None
     except FileNotFoundError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except _DECODE_ERRORS as e:
         raise UnsupportedInputError(f"cannot read the image: {e}") from None
+
+
+def _to_rgb(im: Image.Image) -> tuple[np.ndarray, list[str]]:
+    notes: list[str] = []
     mode = im.mode
     if getattr(im, "n_frames", 1) > 1:
         notes.append(f"{im.n_frames} frames: coding the first only")

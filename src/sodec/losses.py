@@ -97,3 +97,28 @@ def distortion_terms(
             if v is not None:
                 out[name] = v
     return out
+
+
+class PatchDiscriminator(nn.Module):
+    """HiFiC's conditional discriminator, reduced: a PatchGAN on the image, conditioned on y_hat.
+
+    y_hat (B, C, h, w) is squeezed to 12 channels by a 1x1 conv and upsampled 16x (nearest) to
+    the image size, then concatenated with the image (Mentzer et al. 2020, Sec. 4). Returns
+    per-patch logits (B, 1, H/16, W/16). Lives here, never in a model checkpoint.
+    """
+
+    def __init__(self, latent_channels: int | None = None, width: int = 64) -> None:
+        super().__init__()
+        self.cond = nn.LazyConv2d(12, 1) if latent_channels is None else nn.Conv2d(latent_channels, 12, 1)
+        sn = nn.utils.parametrizations.spectral_norm
+        layers: list[nn.Module] = []
+        cin = 3 + 12
+        for cout in (width, width * 2, width * 4, width * 8):
+            layers += [sn(nn.Conv2d(cin, cout, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
+            cin = cout
+        layers.append(nn.Conv2d(cin, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor, y_hat: Tensor) -> Tensor:
+        c = F.interpolate(self.cond(y_hat), size=x.shape[-2:], mode="nearest")
+        return self.net(torch.cat([x * 2 - 1, c], dim=1))

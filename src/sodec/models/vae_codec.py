@@ -204,8 +204,11 @@ class VAECodec(CompressionModel):
 
     # -- training / evaluation -----------------------------------------------------------------
 
-    def forward(self, x: Tensor) -> CodecOutput:
-        """x: (B, 3, H, W) in [0, 1], H and W multiples of 64."""
+    def encode_latents(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """x: (B, 3, H, W) in [0, 1], H, W multiples of 64 -> (y_hat, w, likelihoods).
+
+        y_hat equals what :meth:`decompress` returns for the same image in eval mode.
+        """
         y = self.g_a(x)
         z = self.h_a(y)
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
@@ -216,8 +219,12 @@ class VAECodec(CompressionModel):
         # learns on is what it will get from the bitstream; the rate uses the noisy proxy.
         y_round = self.gaussian_conditional.quantize(y, "dequantize", means)
         y_hat = y + (y_round - y).detach() if self.training else y_round
-        x_hat = self.g_s(y_hat)
-        return CodecOutput(x_hat, y_hat, w, {"y": y_likelihoods, "z": z_likelihoods})
+        return y_hat, w, {"y": y_likelihoods, "z": z_likelihoods}
+
+    def forward(self, x: Tensor) -> CodecOutput:
+        """x: (B, 3, H, W) in [0, 1], H and W multiples of 64."""
+        y_hat, w, likelihoods = self.encode_latents(x)
+        return CodecOutput(self.g_s(y_hat), y_hat, w, likelihoods)
 
     # -- bitstreams ----------------------------------------------------------------------------
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from ..config import from_dict
 
-KNOWN_LOSSES = ("mse", "ms_ssim", "lpips_alex", "lpips_vgg", "dists", "align", "gan")
+KNOWN_LOSSES = ("mse", "ms_ssim", "lpips_alex", "lpips_vgg", "dists", "align", "gan", "kl")
+OBJECTIVES = ("sodec", "codec", "vae")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,12 @@ class StageConfig:
     # "<kind>:<preset>" (e.g. "codec:small", "sodec:small"). ``init`` wins when both are set.
     init: str | None = None
     preset: str | None = None
+    # Codec weights to put into a SODEC model's codec and fidelity decoder D_a (the paper
+    # initialises both from the pre-trained codec): a checkpoint path or registered name.
+    init_codec: str | None = None
+    # What the forward pass trains (SODEC models only): the whole graph ("sodec"), the codec
+    # alone ("codec", stage 1), or the SD VAE alone ("vae", pre-training the small preset's D_m).
+    objective: str = "sodec"
     # fnmatch globs over parameter names; everything not matched is frozen (requires_grad False).
     train: tuple[str, ...] = ("*",)
     # Distortion terms and their weights (mse is on the 0..255 scale, like CompressAI's lambda).
@@ -61,6 +68,8 @@ class StageConfig:
             raise ValueError(f"stage {self.name!r}: unknown losses {sorted(unknown)}; known: {KNOWN_LOSSES}")
         if self.init is None and self.preset is None:
             raise ValueError(f"stage {self.name!r}: give init (a checkpoint) or preset (kind:preset)")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"stage {self.name!r}: objective is one of {OBJECTIVES}")
         if self.anneal not in ("linear", "log") or self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"stage {self.name!r}: anneal is linear|log, lr_schedule constant|cosine")
         if self.steps < 1 or self.batch_size < 1 or self.crop < 64 or self.crop % 64:
@@ -82,7 +91,7 @@ def stage_from_dict(d: dict[str, Any], base_dir: Path | None = None) -> StageCon
     d = dict(d)
     if base_dir is not None:
         # Paths in a stage file are relative to that file, so configs work from any folder.
-        for key in ("data", "init"):
+        for key in ("data", "init", "init_codec"):
             v = d.get(key)
             if isinstance(v, str) and (v.startswith("./") or v.startswith("../")):
                 d[key] = str((base_dir / v).resolve())

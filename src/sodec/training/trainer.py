@@ -82,12 +82,29 @@ def build_stage_model(stage: StageConfig, previous: Path | None = None) -> tuple
 
             path = registry.resolve(init).path
         model, meta = load_checkpoint(path)
-        return model, meta["sodec.kind"]
-    kind, _, preset = (stage.preset or "").partition(":")
-    from ..models.presets import preset_config
+        kind = meta["sodec.kind"]
+    else:
+        kind, _, preset = (stage.preset or "").partition(":")
+        from ..models.presets import preset_config
 
-    cfg = preset_config(kind, preset)
-    return build_model(kind, cfg), kind
+        model = build_model(kind, preset_config(kind, preset))
+    if stage.init_codec is not None:
+        _load_codec_into(model, stage.init_codec)
+    return model, kind
+
+
+def _load_codec_into(model: nn.Module, source: str) -> None:
+    """Copy a trained codec into a SODEC model: its codec, and D_a initialised from g_s."""
+    from .. import registry
+
+    path = Path(source) if Path(source).is_file() else registry.resolve(source).path
+    codec, meta = load_checkpoint(path)
+    if meta["sodec.kind"] != "codec" or not hasattr(model, "codec"):
+        raise ValueError(f"init_codec: {path} is not a codec checkpoint, or the model has no codec")
+    if codec.cfg != model.codec.cfg:  # type: ignore[union-attr]
+        raise ValueError("init_codec: the codec's config differs from the model's codec config")
+    model.codec.load_state_dict(codec.state_dict())  # type: ignore[union-attr]
+    model.fidelity_decoder.load_state_dict(codec.g_s.state_dict())  # type: ignore[union-attr]
 
 
 def select_trainable(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
@@ -161,7 +178,8 @@ class Trainer:
         if "gan" in stage.losses:
             from ..losses import PatchDiscriminator
 
-            self.disc = PatchDiscriminator().to(self.device)
+            codec_cfg = self.model.codec.cfg if self.kind == "sodec" else self.model.cfg  # type: ignore[union-attr]
+            self.disc = PatchDiscriminator(codec_cfg.latent_channels).to(self.device)
             self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=stage.disc_lr, betas=(0.5, 0.999))
         self.ddp: nn.Module = self.model
         if self.world > 1:
@@ -179,7 +197,8 @@ class Trainer:
         files = list_images(stage.data)
         train_files, held = split_holdout(files, stage.holdout, stage.seed)
         self.sampler = CropSampler(train_files, stage.crop, stage.seed)
-        self.val_files = held[: stage.val_images]
+        # Validation codes real files, which says nothing while only the VAE trains.
+        self.val_files = held[: stage.val_images] if stage.objective != "vae" else []
         self.step = 0
 
     # -- state ----------------------------------------------------------------------------------
@@ -233,10 +252,13 @@ class Trainer:
         if self.opt is not None:
             for g in self.opt.param_groups:
                 g["lr"] = lr
-        out = self.ddp(x)
+        out = self.ddp(x) if self.kind == "codec" else self.ddp(x, objective=stage.objective)
         n_pix = x.size(0) * x.size(2) * x.size(3)
         rate = bpp(out.likelihoods, n_pix)
         terms = distortion_terms(stage.losses, x, out.x_hat, getattr(out, "x_fidelity", None), self.perceptual)
+        for k, v in (getattr(out, "extra_losses", None) or {}).items():
+            if k in stage.losses:
+                terms[k] = v
         loss = sum(stage.losses[k] * v for k, v in terms.items()) + lam * rate
         if self.disc is not None:
             g_adv = self.disc(out.x_hat, out.y_hat.detach())

@@ -1,0 +1,34 @@
+"""Test helpers importable from any test module (``from helpers import ...``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+KODAK = SHARED / "data" / "kodak"
+TRAIN = SHARED / "data" / "train"
+
+
+def shared_weights_dir() -> Path | None:
+    env = os.environ.get("SODEC_WEIGHTS_DIR")
+    for cand in (env, SHARED / "weights"):
+        if cand and (Path(cand) / "alexnet_features.safetensors").is_file():
+            return Path(cand)
+    return None
+
+
+needs_kodak = pytest.mark.skipif(not KODAK.is_dir(), reason=f"Kodak images not found at {KODAK}")
+needs_train = pytest.mark.skipif(not TRAIN.is_dir(), reason=f"training images not found at {TRAIN}")
+
+
+def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth-ish random RGB image (uint8): noise is unlike photos, gradients help a codec."""
+    g = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx * 3 + yy) % 256, (yy * 2) % 256, (xx + yy * 5) % 256], axis=-1)
+    return np.clip(base + g.integers(-20, 21, size=(h, w, 3)), 0, 255).astype(np.uint8)

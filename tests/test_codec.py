@@ -1,0 +1,139 @@
+"""The VAE compression module (issue 2): exact latents, any size, checkpoints, registry."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from helpers import KODAK, needs_kodak, random_image
+
+from sodec import api, registry
+from sodec.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from sodec.config import CODEC_PRESETS, CodecConfig, from_json, to_json
+from sodec.errors import UsageError, WeightsError
+from sodec.models.vae_codec import VAECodec
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> api.Model:
+    torch.manual_seed(0)
+    m = VAECodec(CODEC_PRESETS["tiny"]).eval()
+    m.update(force=True)
+    path = tmp_path_factory.mktemp("c") / "codec-tiny.safetensors"
+    save_checkpoint(path, m, "codec", m.cfg, {"sodec.model_id": "codec-tiny"})
+    return api.load_model(path)
+
+
+def test_decompressed_latent_equals_forward_quantization(tiny):
+    x = api.to_tensor(random_image(128, 192))
+    codec = tiny.codec
+    with torch.no_grad():
+        out = codec(x)
+        streams = codec.compress(x)
+        dec = codec.decompress(streams)
+    assert torch.equal(dec.y_hat, out.y_hat), "y_hat from the bitstream must equal forward's exactly"
+    assert torch.equal(dec.x_vae, out.x_hat.clamp(0, 1))
+    torch.testing.assert_close(dec.w, out.w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (17, 33), (64, 64), (65, 1), (512, 768)])
+def test_any_size_round_trips_with_the_same_shape(tiny, hw):
+    img = random_image(*hw)
+    data = api.compress(tiny, img)
+    out = api.decompress(data, tiny)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    meta = api.info(data)
+    assert (meta["width"], meta["height"]) == (hw[1], hw[0])
+    assert meta["bpp"] == pytest.approx(8 * len(data) / (hw[0] * hw[1]))
+    assert meta["file_bytes"] == len(data)
+
+
+def test_padding_is_replicate_and_cropped_back(tiny):
+    x = api.to_tensor(random_image(17, 33))
+    padded = api.pad_to(x)
+    assert padded.shape[-2:] == (64, 64)
+    assert torch.equal(padded[..., :17, :33], x)
+    assert torch.equal(padded[..., 16, 33:], x[..., 16, 32:33].expand(-1, -1, 31))
+    assert torch.equal(padded[..., 40, :33], x[..., 16, :])
+
+
+def test_checkpoint_carries_its_config(tmp_path, tiny):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, tiny.codec, "codec", tiny.codec.cfg)
+    kind, cfg, state, meta = read_checkpoint(path)
+    assert kind == "codec" and cfg == CODEC_PRESETS["tiny"]
+    model, _ = load_checkpoint(path)
+    assert model.cfg == cfg
+
+
+def test_config_json_round_trip_and_strictness():
+    for cfg in CODEC_PRESETS.values():
+        assert from_json(to_json(cfg)) == cfg
+    with pytest.raises(ValueError):
+        from_json('{"type": "CodecConfig", "config": {"latent_channels": 8, "bogus": 1}}')
+    with pytest.raises(ValueError):
+        from_json('{"type": "Pickle", "config": {}}')
+    with pytest.raises(ValueError):
+        CodecConfig(encoder_channels=(1, 2))
+
+
+def test_sha256_mismatch_and_foreign_files_are_refused(tmp_path, tiny):
+    path = tmp_path / "m.safetensors"
+    sha = save_checkpoint(path, tiny.codec, "codec", tiny.codec.cfg)
+    with pytest.raises(WeightsError):
+        load_checkpoint(path, expected_sha256="0" * 64)
+    load_checkpoint(path, expected_sha256=sha)
+    bad = tmp_path / "evil.safetensors"
+    bad.write_bytes(b"\x80\x04K\x01.")  # a pickle, not safetensors
+    with pytest.raises(WeightsError):
+        load_checkpoint(bad)
+    with pytest.raises(WeightsError):
+        load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path, tiny):
+    path = tmp_path / "m.safetensors"
+    other = dataclasses.replace(CODEC_PRESETS["tiny"], latent_channels=12)
+    save_checkpoint(path, tiny.codec, "codec", other)  # config says 12, weights say 8
+    with pytest.raises(WeightsError):
+        load_checkpoint(path)
+
+
+def test_registry_lists_shipped_models_with_valid_hashes():
+    entries = registry.models()
+    assert entries, "the package ships at least one model"
+    for e in entries:
+        assert e.path.is_file(), e.file
+        model, meta = load_checkpoint(e.path, e.sha256)  # sha256 checked before loading
+        assert meta["sodec.kind"] == e.kind
+    assert registry.resolve().name == registry._load()[1]
+    with pytest.raises(UsageError):
+        registry.resolve("no-such-model")
+
+
+def test_quality_selects_within_a_family():
+    entries = registry.models()
+    fam = entries[0].family
+    qs = sorted(e.quality for e in entries if e.family == fam)
+    for q in qs:
+        assert registry.resolve(fam, q).quality == q
+    with pytest.raises(UsageError):
+        registry.resolve(fam, max(qs) + 10)
+
+
+@needs_kodak
+def test_shipped_codec_on_kodak_image():
+    from sodec.image_io import read_image
+
+    img, notes = read_image(KODAK / "kodim01.png")
+    assert notes == []
+    for e in (e for e in registry.models() if e.kind == "codec"):
+        model = api.load_model(e.name)
+        data = api.compress(model, img)
+        out = api.decompress(data)  # the model is found from the file's header
+        mse = np.mean((out.astype(float) - img.astype(float)) ** 2)
+        psnr = 10 * np.log10(255**2 / mse)
+        assert psnr > 18, (e.name, psnr)  # a trained codec, not noise
+        assert 0.01 < 8 * len(data) / img[..., 0].size < 2.0

@@ -1,0 +1,73 @@
+"""Replay tests/data/conformance/: every file decodes (or fails) as its manifest says.
+
+The files were written by scripts/make_conformance.py with a tiny fixed test model, so they do not
+change when the shipped models are retrained; a later format version must keep decoding them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sodec import api, errors
+from sodec.cli import main
+
+DATA = Path(__file__).resolve().parent / "data"
+FOLDER = DATA / "conformance"
+MANIFEST = json.loads((FOLDER / "manifest.json").read_text())
+FILES = MANIFEST["files"]
+
+
+@pytest.fixture(scope="module")
+def model() -> api.Model:
+    m = api.load_model(DATA / MANIFEST["model"])
+    assert m.sha256 == MANIFEST["model_sha256"]
+    return m
+
+
+def test_manifest_lists_every_file() -> None:
+    on_disk = {p.name for p in FOLDER.glob("*.sodec")}
+    assert on_disk == set(FILES)
+    assert {e["expect"] for e in FILES.values()} >= {"ok", "DesyncError", "LimitsError", "WrongModelError"}
+    for entry in FILES.values():
+        assert entry["expect"] == "ok" or issubclass(getattr(errors, entry["expect"]), errors.SodecError)
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_conformance_file(name: str, model: api.Model) -> None:
+    data = (FOLDER / name).read_bytes()
+    entry = FILES[name]
+    if entry["expect"] == "ok":
+        image = api.decompress(data, model)
+        assert image.shape == (entry["height"], entry["width"], 3)
+        assert image.dtype == np.uint8
+        assert hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest() == entry["pixels_sha256"]
+        info = api.info(data)
+        assert (info["width"], info["height"]) == (entry["width"], entry["height"])
+        return
+    with pytest.raises(errors.SodecError) as caught:
+        api.decompress(data, model)
+    # The exact class, not a parent: a DesyncError turning into a plain CorruptedError is a change.
+    assert type(caught.value).__name__ == entry["expect"], str(caught.value)
+    with contextlib.suppress(errors.SodecError):
+        api.info(data)  # info reads the container only; it may pass where decoding fails
+
+
+@pytest.mark.parametrize("name", ["ok-100x37.sodec", "truncated-in-payload.sodec", "y-all-ff.sodec", "flags-3.sodec"])
+def test_cli_exit_codes(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.png"
+    rc = main(["decompress", str(FOLDER / name), "--model", str(DATA / MANIFEST["model"]), "-o", str(out), "-q"])
+    expect = FILES[name]["expect"]
+    err = capsys.readouterr().err
+    if expect == "ok":
+        assert rc == 0 and out.is_file() and err == ""
+    else:
+        assert rc == getattr(errors, expect).exit_code
+        assert not out.exists()
+        assert err.startswith("sodec: error: ") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == ([out] if expect == "ok" else [])
