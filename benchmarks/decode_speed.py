@@ -122,25 +122,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json")
+    p.add_argument("--readme", help="also write the table into this README's generated section")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     results = []
+    out: list[str] = [f"Command: `python benchmarks/decode_speed.py`; {torch.get_num_threads()} CPU threads ({platform.machine()}), median of warm repeats."]
     with tempfile.TemporaryDirectory() as tmp:
         for preset in a.presets.split(","):
             r = bench(preset, a.steps, a.repeats, Path(tmp))
             results.append(r)
-            print(f"\n## {preset} preset at {r['size']} ({r['weights']}), {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-            print("| component | seconds |\n|---|---|")
-            for k, v in r["components_s"].items():
-                print(f"| {k} | {v:.4f} |")
-            print(f"| **sum of components** | {r['sum_of_components_s']:.4f} |")
-            print(f"| **one-step decode (from bytes)** | {r['one_step_decode_s']:.4f} |")
-            print(f"| **{a.steps}-step decode (same networks)** | {r[f'{a.steps}_step_decode_s']:.4f} |")
-            print(f"\nratio {a.steps}-step / one-step: {r['ratio']:.1f}x; one-step overhead over its components: {r['one_step_overhead_pct']:+.1f}%")
+            block = [
+                "",
+                f"**{preset} preset, {r['size']}** ({r['weights']})",
+                "",
+                "| component | seconds |",
+                "|---|---|",
+                *(f"| {k} | {v:.4f} |" for k, v in r["components_s"].items()),
+                f"| sum of components | {r['sum_of_components_s']:.4f} |",
+                f"| **one-step decode, from bytes** | {r['one_step_decode_s']:.4f} |",
+                f"| **{a.steps}-step decode, same networks** | {r[f'{a.steps}_step_decode_s']:.4f} |",
+                "",
+                f"{a.steps}-step / one-step: **{r['ratio']:.1f}x**; one-step decode vs the sum of its components: {r['one_step_overhead_pct']:+.1f}%",
+            ]
+            print("\n".join(block))
             sys.stdout.flush()
+            out += block
     if a.json:
         Path(a.json).write_text(json.dumps({"threads": torch.get_num_threads(), "results": results}, indent=2))
+    if a.readme:
+        from sodec.reporting import replace_section
+
+        if not replace_section(a.readme, "speed", "\n".join(out)):
+            print(f"{a.readme} has no speed section", file=sys.stderr)
     return 0
 
 

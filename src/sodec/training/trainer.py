@@ -254,7 +254,8 @@ class Trainer:
                 g["lr"] = lr
         out = self.ddp(x) if self.kind == "codec" else self.ddp(x, objective=stage.objective)
         n_pix = x.size(0) * x.size(2) * x.size(3)
-        rate = bpp(out.likelihoods, n_pix)
+        # No likelihoods while only the VAE trains: the rate term is then zero.
+        rate = bpp(out.likelihoods, n_pix) if out.likelihoods else x.new_zeros(())
         terms = distortion_terms(stage.losses, x, out.x_hat, getattr(out, "x_fidelity", None), self.perceptual)
         for k, v in (getattr(out, "extra_losses", None) or {}).items():
             if k in stage.losses:

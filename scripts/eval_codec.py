@@ -1,0 +1,92 @@
+"""Mean bpp (from the bytes written), PSNR, MS-SSIM and encode/decode seconds on a folder.
+
+    python scripts/eval_codec.py [--data ../shared/data/kodak] [--model NAME ...] [--json out.json]
+
+Every image is coded whole (no resizing), compressed to a real .sodec file and decoded from those
+bytes; bpp = 8 * file bytes / pixels, header included. Defaults: every shipped model, Kodak.
+For the full comparison (perceptual metrics, classical codecs) use ``sodec evaluate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from pytorch_msssim import ms_ssim
+
+from sodec import api, registry
+from sodec.data import list_images
+from sodec.image_io import read_image
+
+
+def evaluate(model_name: str, files: list[Path]) -> dict:
+    model = api.load_model(model_name)
+    rows = []
+    for f in files:
+        img, _ = read_image(f)
+        t0 = time.perf_counter()
+        data = api.compress(model, img)
+        t1 = time.perf_counter()
+        rec = api.decompress(data, model)
+        t2 = time.perf_counter()
+        mse = float(np.mean((rec.astype(np.float64) - img.astype(np.float64)) ** 2))
+        a, b = (torch.from_numpy(x).permute(2, 0, 1)[None].float() / 255 for x in (img, rec))
+        rows.append(
+            {
+                "image": f.name,
+                "bytes": len(data),
+                "bpp": 8 * len(data) / (img.shape[0] * img.shape[1]),
+                "psnr": 10 * math.log10(255**2 / max(mse, 1e-12)),
+                "ms_ssim": float(ms_ssim(a, b, data_range=1.0)),
+                "encode_s": t1 - t0,
+                "decode_s": t2 - t1,
+            }
+        )
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("bpp", "psnr", "ms_ssim", "encode_s", "decode_s")}
+    return {"model": model_name, "images": len(rows), "mean": mean, "per_image": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    here = Path(__file__).resolve().parents[1]
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(here.parent / "shared" / "data" / "kodak"))
+    p.add_argument("--model", action="append", help="model name (repeatable); default: all shipped")
+    p.add_argument("--json")
+    p.add_argument("--readme", help="also write the table into this README's generated section")
+    a = p.parse_args(argv)
+    files = list_images(a.data)
+    names = a.model or [e.name for e in registry.models()]
+    results = []
+    lines = [
+        f"{len(files)} images from `{Path(a.data).name}`, whole images, bpp from the .sodec bytes; "
+        f"{torch.get_num_threads()} CPU threads. Command: `python scripts/eval_codec.py`",
+        "",
+        "| model | mean bpp (file bytes) | PSNR dB | MS-SSIM | encode s | decode s |",
+        "|---|---|---|---|---|---|",
+    ]
+    print("\n".join(lines))
+    for name in names:
+        r = evaluate(name, files)
+        results.append(r)
+        m = r["mean"]
+        lines.append(f"| {name} | {m['bpp']:.4f} | {m['psnr']:.2f} | {m['ms_ssim']:.4f} | {m['encode_s']:.2f} | {m['decode_s']:.2f} |")
+        print(lines[-1])
+        sys.stdout.flush()
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+    if a.readme:
+        from sodec.reporting import replace_section
+
+        if not replace_section(a.readme, "codec", "\n".join(lines)):
+            print(f"{a.readme} has no codec section", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
