@@ -15,8 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from sodec.checkpoint import read_checkpoint, save_checkpoint
-from sodec.checkpoint import build_model
+from sodec.checkpoint import build_model, read_checkpoint, save_checkpoint
 from sodec.registry import weights_folder
 
 

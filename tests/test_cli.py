@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import random_image
 from PIL import Image
 
+from helpers import random_image
 from sodec import api
 from sodec.checkpoint import save_checkpoint
 from sodec.cli import main

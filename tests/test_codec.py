@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from helpers import KODAK, needs_kodak, random_image
 
+from helpers import KODAK, needs_kodak, random_image
 from sodec import api, registry
 from sodec.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from sodec.config import CODEC_PRESETS, CodecConfig, from_json, to_json
@@ -62,7 +62,7 @@ def test_padding_is_replicate_and_cropped_back(tiny):
 def test_checkpoint_carries_its_config(tmp_path, tiny):
     path = tmp_path / "m.safetensors"
     save_checkpoint(path, tiny.codec, "codec", tiny.codec.cfg)
-    kind, cfg, state, meta = read_checkpoint(path)
+    kind, cfg, _state, _meta = read_checkpoint(path)
     assert kind == "codec" and cfg == CODEC_PRESETS["tiny"]
     model, _ = load_checkpoint(path)
     assert model.cfg == cfg
@@ -106,7 +106,7 @@ def test_registry_lists_shipped_models_with_valid_hashes():
     assert entries, "the package ships at least one model"
     for e in entries:
         assert e.path.is_file(), e.file
-        model, meta = load_checkpoint(e.path, e.sha256)  # sha256 checked before loading
+        _model, meta = load_checkpoint(e.path, e.sha256)  # sha256 checked before loading
         assert meta["sodec.kind"] == e.kind
     assert registry.resolve().name == registry._load()[1]
     with pytest.raises(UsageError):

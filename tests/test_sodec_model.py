@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import random_image
 from sodec import api
 from sodec.checkpoint import load_checkpoint, save_checkpoint
 from sodec.config import SODEC_PRESETS, UNetConfig
 from sodec.determinism import deterministic_attention
 from sodec.models.sodec import SodecModel
 from sodec.tiling import tiled_decode
-
-from helpers import random_image
 
 TINY = SODEC_PRESETS["tiny"]
 

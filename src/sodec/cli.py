@@ -120,14 +120,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.trainer import run_schedule, run_stage
 
     overrides = {"steps": args.steps, "rate_weight": args.rate_weight, "data": args.data}
-    with open(args.config, "rb") as f:
-        is_schedule = isinstance(tomllib.load(f).get("stage"), list)
     out = args.out or str(Path("runs") / Path(args.config).stem)
-    if is_schedule:
-        stages = load_schedule(args.config, **overrides)
-        results = run_schedule(stages, out, resume=not args.restart, weights_dir=args.weights_dir, progress=not args.quiet)
-    else:
-        results = [run_stage(load_stage(args.config, **overrides), out, resume=not args.restart, weights_dir=args.weights_dir, progress=not args.quiet)]
+    kw = {"resume": not args.restart, "weights_dir": args.weights_dir, "progress": not args.quiet}
+    try:
+        with open(args.config, "rb") as f:
+            is_schedule = isinstance(tomllib.load(f).get("stage"), list)
+        if is_schedule:
+            results = run_schedule(load_schedule(args.config, **overrides), out, **kw)
+        else:
+            results = [run_stage(load_stage(args.config, **overrides), out, **kw)]
+    except (ValueError, FileNotFoundError, tomllib.TOMLDecodeError) as e:
+        # Bad stage files, refused run folders, missing data: the user's to fix, not a crash.
+        raise UsageError(str(e).splitlines()[0]) from None
     for r in results:
         _say(args, f"{r.run_dir}: {r.steps} steps, {r.seconds:.0f} s -> {r.checkpoint} (sha256 {r.sha256[:12]}…)")
     return 0

@@ -77,10 +77,15 @@ class OneStepDiffusion(nn.Module):
         return x * 0.5 + 0.5
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """SD VAE encoder E_m (used only to pre-train the small VAE): -> (scaled latent, KL)."""
+        """SD VAE encoder E_m (used only to pre-train the small VAE): -> (scaled latent, KL).
+
+        The posterior mean is decoded, not a sample: SODEC only ever uses D_m on latents made by
+        T_s, and with sampling a freshly initialised VAE sees unit-variance noise on near-zero
+        means and sat at the mean image for hundreds of steps on CPU. The KL term still keeps
+        the latent near the prior's scale.
+        """
         dist = self.vae.encode(x * 2 - 1).latent_dist
-        z = dist.sample() if self.training else dist.mode()
-        return z * self.vae_cfg.scaling_factor, dist.kl().mean()
+        return dist.mode() * self.vae_cfg.scaling_factor, dist.kl().mean()
 
     @torch.no_grad()
     def multistep(self, y_t: Tensor, cond: Tensor, steps: int) -> Tensor:

@@ -83,7 +83,7 @@ class SodecModel(nn.Module):
         try:
             unet = UNet2DConditionModel.from_pretrained(str(source), subfolder="unet", **kw)
             vae = AutoencoderKL.from_pretrained(str(source), subfolder="vae", **kw)
-        except (OSError, ValueError, EnvironmentError) as e:
+        except (OSError, ValueError) as e:
             raise WeightsError(f"cannot load SD UNet/VAE from {source!s}: {str(e).splitlines()[0][:200]}") from None
         for name, mine, theirs in (("unet", self.diffusion.unet, unet), ("vae", self.diffusion.vae, vae)):
             missing, unexpected = mine.load_state_dict(theirs.state_dict(), strict=False)

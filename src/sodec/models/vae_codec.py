@@ -23,10 +23,9 @@ refused (DesyncError) instead of decoding to a wrong image. See docs/design.md.
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from dataclasses import dataclass
-
-import warnings
 
 import numpy as np
 import torch
@@ -37,6 +36,8 @@ with warnings.catch_warnings():
     from compressai.entropy_models import EntropyBottleneck, GaussianConditional
     from compressai.models import CompressionModel
     from compressai.models.utils import conv, deconv
+import itertools
+
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -90,7 +91,7 @@ def analysis_transform(cfg: CodecConfig) -> nn.Sequential:
     """g_a: (B, 3, H, W) -> (B, C, H/16, W/16)."""
     ch = cfg.encoder_channels
     layers: list[nn.Module] = [nn.Conv2d(3, ch[0], 7, padding=3), ChannelNorm2d(ch[0]), nn.ReLU()]
-    for cin, cout in zip(ch[:-1], ch[1:], strict=True):
+    for cin, cout in itertools.pairwise(ch):
         layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), ChannelNorm2d(cout), nn.ReLU()]
     layers.append(nn.Conv2d(ch[-1], cfg.latent_channels, 3, padding=1))
     return nn.Sequential(*layers)
@@ -104,7 +105,7 @@ def synthesis_transform(cfg: CodecConfig) -> nn.Sequential:
         ChannelNorm2d(ch[0]),
     ]
     layers += [ResidualBlock(ch[0]) for _ in range(cfg.residual_blocks)]
-    for cin, cout in zip(ch[:-1], ch[1:], strict=True):
+    for cin, cout in itertools.pairwise(ch):
         layers += [
             nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1),
             ChannelNorm2d(cout),

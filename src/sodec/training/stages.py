@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from ..config import from_dict
 
@@ -70,6 +71,12 @@ class StageConfig:
             raise ValueError(f"stage {self.name!r}: give init (a checkpoint) or preset (kind:preset)")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"stage {self.name!r}: objective is one of {OBJECTIVES}")
+        # Terms the objective's forward pass cannot produce: "kl" would silently be left out of the
+        # loss, "align" / "gan" would fail only at the first step (no x_f; no codec latent for D).
+        cannot = {"sodec": {"kl"}, "codec": {"kl", "align"}, "vae": {"align", "gan"}}[self.objective]
+        unusable = cannot & set(self.losses)
+        if unusable:
+            raise ValueError(f"stage {self.name!r}: objective {self.objective!r} cannot use losses {sorted(unusable)}")
         if self.anneal not in ("linear", "log") or self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"stage {self.name!r}: anneal is linear|log, lr_schedule constant|cosine")
         if self.steps < 1 or self.batch_size < 1 or self.crop < 64 or self.crop % 64:
@@ -79,6 +86,8 @@ class StageConfig:
         """lambda for ``step`` (0-based): the annealing schedule of paper Sec. 3.4."""
         end = self.rate_weight if self.rate_weight_end is None else self.rate_weight_end
         t = min(1.0, step / max(1, self.steps - 1))
+        if t >= 1.0:
+            return float(end)  # exactly the configured target (a * (b / a) ** 1 can miss b by an ulp)
         if self.anneal == "log" and self.rate_weight > 0 and end > 0:
             return float(self.rate_weight * (end / self.rate_weight) ** t)
         return float(self.rate_weight + (end - self.rate_weight) * t)

@@ -146,6 +146,29 @@ def _unflatten_optim(prefix: str, opt: torch.optim.Optimizer, tensors: dict[str,
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Keep a CSV log's rows up to ``step`` (its first column), where this run (re)starts.
+
+    Steps after the last checkpoint are trained again on resume, and a fresh start (step 0) begins
+    a new log: either way the old rows past ``step`` would otherwise appear twice or mix runs.
+    """
+    if not path.is_file():
+        return
+    if step == 0:
+        path.unlink()
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    keep = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    if len(keep) != len(rows):
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                csv.writer(f).writerows(keep)
+
+        atomic_write_via(path, write)
+
+
 class Trainer:
     """Runs one stage; ``run()`` resumes from ``train_state.safetensors`` when present."""
 
@@ -165,6 +188,10 @@ class Trainer:
             device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.progress = progress and self.rank == 0
+        # A fresh preset's random init (and the discriminator's) follows the stage's seed, not
+        # whatever the caller's RNG held: the same stage file starts from the same weights, so a
+        # rerun reproduces a run, and every DDP rank builds the same model.
+        torch.manual_seed(stage.seed)
         self.model, self.kind = build_stage_model(stage, previous)
         self.model.to(self.device).train()
         self.trainable = select_trainable(self.model, stage.train)
@@ -323,6 +350,9 @@ class Trainer:
         if resume and self.load_state() and self.rank == 0:
             print(f"[{stage.name}] resumed at step {self.step}", file=sys.stderr)
         log_path = self.run_dir / "log.csv"
+        if self.rank == 0:
+            for path in (log_path, self.run_dir / "val.csv"):
+                _drop_rows_after(path, self.step)
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -407,9 +437,12 @@ def run_schedule(stages: list[StageConfig], run_dir: str | Path, **kw: Any) -> l
             from safetensors import safe_open
 
             with safe_open(str(sub / "train_state.safetensors"), framework="pt") as f:
-                if json.loads(f.metadata()["sodec.train"])["step"] >= stage.steps:
-                    previous = done
-                    continue
+                meta = json.loads(f.metadata()["sodec.train"])
+            # Only when it is the same stage: an edited one goes on to run_stage, which refuses
+            # the folder (a different stage config) instead of silently keeping the old result.
+            if meta["step"] >= stage.steps and json.loads(meta["stage"]) == json.loads(stage.to_json()):
+                previous = done
+                continue
         res = run_stage(stage, sub, previous=previous, **kw)
         results.append(res)
         previous = res.checkpoint
