@@ -36,7 +36,7 @@ def evaluate(model_name: str, files: list[Path]) -> dict:
         rec = api.decompress(data, model)
         t2 = time.perf_counter()
         mse = float(np.mean((rec.astype(np.float64) - img.astype(np.float64)) ** 2))
-        a, b = (torch.from_numpy(x).permute(2, 0, 1)[None].float() / 255 for x in (img, rec))
+        a, b = (torch.from_numpy(np.array(x)).permute(2, 0, 1)[None].float() / 255 for x in (img, rec))
         rows.append(
             {
                 "image": f.name,

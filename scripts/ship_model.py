@@ -28,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--description", default="")
     p.add_argument("--kodak-bpp", type=float)
     p.add_argument("--default", action="store_true")
+    p.add_argument(
+        "--half",
+        action="store_true",
+        help="store parameters as float16 (buffers such as CDF tables stay exact): half the size",
+    )
     a = p.parse_args(argv)
     kind, cfg, state, meta = read_checkpoint(a.checkpoint)
     model = build_model(kind, cfg)
@@ -35,7 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     dest = weights_folder() / f"{a.name}.safetensors"
     extra = {k: v for k, v in meta.items() if not k.startswith("sodec.") or k == "sodec.stage"}
     extra["sodec.model_id"] = a.name
-    sha = save_checkpoint(dest, model, kind, cfg, extra)
+    state = model.checkpoint_state_dict() if hasattr(model, "checkpoint_state_dict") else model.state_dict()
+    if a.half:
+        # Encoder and decoder both load these same rounded weights, so coding stays exact; the
+        # entropy bottleneck's quantiles and all buffers (CDF tables, scale table) keep float32.
+        params = {n for n, _ in model.named_parameters() if not n.endswith("quantiles")}
+        state = {k: v.half() if k in params and v.is_floating_point() else v for k, v in state.items()}
+        extra["sodec.stored_dtype"] = "float16"
+    sha = save_checkpoint(dest, model, kind, cfg, extra, state_dict=state)
     reg_path = weights_folder() / "models.json"
     reg = json.loads(reg_path.read_text()) if reg_path.is_file() else {"models": [], "default": None}
     reg["models"] = [m for m in reg["models"] if m["name"] != a.name]
