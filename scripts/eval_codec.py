@@ -22,10 +22,11 @@ from pytorch_msssim import ms_ssim
 
 from sodec import api, registry
 from sodec.data import list_images
+from sodec.errors import SodecError
 from sodec.image_io import read_image
 
 
-def evaluate(model_name: str, files: list[Path]) -> dict:
+def evaluate(model_name: str, files: list[Path], lpips_net: torch.nn.Module | None) -> dict:
     model = api.load_model(model_name)
     rows = []
     for f in files:
@@ -44,11 +45,13 @@ def evaluate(model_name: str, files: list[Path]) -> dict:
                 "bpp": 8 * len(data) / (img.shape[0] * img.shape[1]),
                 "psnr": 10 * math.log10(255**2 / max(mse, 1e-12)),
                 "ms_ssim": float(ms_ssim(a, b, data_range=1.0)),
+                "lpips_alex": float(lpips_net(a * 2 - 1, b * 2 - 1)) if lpips_net is not None else None,
                 "encode_s": t1 - t0,
                 "decode_s": t2 - t1,
             }
         )
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("bpp", "psnr", "ms_ssim", "encode_s", "decode_s")}
+    keys = ("bpp", "psnr", "ms_ssim", "lpips_alex", "encode_s", "decode_s")
+    mean = {k: float(np.mean([r[k] for r in rows])) if rows[0][k] is not None else None for k in keys}
     return {"model": model_name, "images": len(rows), "mean": mean, "per_image": rows}
 
 
@@ -57,25 +60,35 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(here.parent / "shared" / "data" / "kodak"))
     p.add_argument("--model", action="append", help="model name (repeatable); default: all shipped")
+    p.add_argument("--weights-dir", help="LPIPS backbone weights (else $SODEC_WEIGHTS_DIR); without them LPIPS is 'missing'")
     p.add_argument("--json")
     p.add_argument("--readme", help="also write the table into this README's generated section")
     a = p.parse_args(argv)
     files = list_images(a.data)
     names = a.model or [e.name for e in registry.models()]
     results = []
+    try:
+        from sodec.perceptual import lpips_model
+
+        lpips_net, lpips_note = lpips_model("alex", a.weights_dir), "LPIPS-Alex v0.1"
+    except SodecError as e:
+        lpips_net, lpips_note = None, f"LPIPS missing: {e}"
     lines = [
         f"{len(files)} images from `{Path(a.data).name}`, whole images, bpp from the .sodec bytes; "
-        f"{torch.get_num_threads()} CPU threads. Command: `python scripts/eval_codec.py`",
+        f"{torch.get_num_threads()} CPU threads; {lpips_note}. Command: `python scripts/eval_codec.py`",
         "",
-        "| model | mean bpp (file bytes) | PSNR dB | MS-SSIM | encode s | decode s |",
-        "|---|---|---|---|---|---|",
+        "| model | mean bpp (file bytes) | PSNR dB | MS-SSIM | LPIPS-Alex | encode s | decode s |",
+        "|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines))
     for name in names:
-        r = evaluate(name, files)
+        r = evaluate(name, files, lpips_net)
         results.append(r)
         m = r["mean"]
-        lines.append(f"| {name} | {m['bpp']:.4f} | {m['psnr']:.2f} | {m['ms_ssim']:.4f} | {m['encode_s']:.2f} | {m['decode_s']:.2f} |")
+        lp = "missing" if m["lpips_alex"] is None else f"{m['lpips_alex']:.4f}"
+        lines.append(
+            f"| {name} | {m['bpp']:.4f} | {m['psnr']:.2f} | {m['ms_ssim']:.4f} | {lp} | {m['encode_s']:.2f} | {m['decode_s']:.2f} |"
+        )
         print(lines[-1])
         sys.stdout.flush()
     if a.json:

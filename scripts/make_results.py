@@ -104,16 +104,25 @@ def plot_curves(result: EvaluationResult, out: Path) -> list[Path]:
 # --- crops --------------------------------------------------------------------------------------
 
 
+def load_models(result: EvaluationResult) -> dict[str, api.Model]:
+    """The evaluated sodec models, refused when their weights changed since the evaluation."""
+    cache: dict[str, api.Model] = {}
+    for run in (r for r in result.runs if r.kind == "sodec"):
+        source = run.settings.get("source") or run.codec
+        model = cache.setdefault(source, api.load_model(source))
+        if model.sha256 != run.settings.get("sha256"):
+            raise SystemExit(
+                f"{run.label}: the model's weights changed since the evaluation "
+                f"({str(run.settings.get('sha256'))[:12]}… then, {model.sha256[:12]}… now); rerun sodec evaluate"
+            )
+    return cache
+
+
 def reconstruct(run: CodecRun, file: str, image: np.ndarray, cache: dict[str, api.Model]) -> np.ndarray:
     """Redo one image of a run and check the file size equals the recorded one."""
     rec = next(r for r in run.images if r.file == file)
     if run.kind == "sodec":
-        source = run.settings.get("source") or run.codec
-        if source not in cache:
-            cache[source] = api.load_model(source)
-        model = cache[source]
-        if model.sha256 != run.settings.get("sha256"):
-            raise SystemExit(f"{run.label}: the model's weights changed since the evaluation; rerun sodec evaluate")
+        model = cache[run.settings.get("source") or run.codec]
         data = api.compress(model, image)
         decode = lambda: api.decompress(data, model)  # noqa: E731
     else:
@@ -149,7 +158,12 @@ def compose(tiles: list[tuple[str, np.ndarray]], path: Path) -> None:
 
 
 def make_crops(
-    result: EvaluationResult, out: Path, data_dir: Path, file: str | None, box: tuple[int, int, int, int] | None
+    result: EvaluationResult,
+    out: Path,
+    data_dir: Path,
+    file: str | None,
+    box: tuple[int, int, int, int] | None,
+    cache: dict[str, api.Model],
 ) -> list[Path]:
     file = file or result.files[0]
     if file not in result.files:
@@ -163,7 +177,6 @@ def make_crops(
     if x < 0 or y < 0 or x + cw > w or y + ch > h:
         raise SystemExit(f"crop {box} is outside the {w}x{h} image")
     crop = lambda a: a[y : y + ch, x : x + cw]  # noqa: E731
-    cache: dict[str, api.Model] = {}
     written = []
     for run in (r for r in result.runs if r.kind == "sodec"):
         tiles = [(f"original\n{file}", crop(image))]
@@ -290,8 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     box = tuple(int(v) for v in a.crop.split(",")) if a.crop else None
     if box is not None and len(box) != 4:
         raise SystemExit("--crop takes X,Y,W,H")
+    models = {} if a.no_crops else load_models(result)  # before anything is written
     figures = plot_curves(result, out)
-    crops = [] if a.no_crops else make_crops(result, out, Path(a.data or result.data_dir), a.crop_image, box)  # type: ignore[arg-type]
+    crops = [] if a.no_crops else make_crops(result, out, Path(a.data or result.data_dir), a.crop_image, box, models)  # type: ignore[arg-type]
     table_md = table(result)
     (out / f"{dataset_name(result)}-table.md").write_text(table_md)
     readme = Path(a.readme)

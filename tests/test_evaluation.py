@@ -1,0 +1,234 @@
+"""``sodec evaluate`` / ``sodec bench`` through ``sodec.cli.main`` on two small images, bpp
+accounting against the bytes the codecs really write, and scripts/make_results.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sodec import api, baselines, cli
+from sodec.errors import UsageError
+from sodec.evaluation import EvaluationResult, evaluate
+from sodec.image_io import read_image
+from sodec.metrics import PER_IMAGE
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+REF_FILES = ("alexnet_features.safetensors", "vgg16_features.safetensors", "dists_alpha_beta.safetensors")
+
+
+def find_weights() -> Path | None:
+    for cand in (os.environ.get("SODEC_WEIGHTS_DIR"), SHARED / "weights"):
+        if cand and all((Path(cand) / f).is_file() for f in REF_FILES):
+            return Path(cand)
+    return None
+
+
+def synthetic(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    blocks = np.kron(rng.random((4, 4, 3)), np.ones((h // 4 + 1, w // 4 + 1, 1)))[:h, :w]
+    return (blocks * 190 + rng.random((h, w, 3)) * 65).round().clip(0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random-weight codec checkpoint: tests do not depend on which models are shipped."""
+    from sodec.checkpoint import save_checkpoint
+    from sodec.config import CodecConfig
+    from sodec.models.vae_codec import VAECodec
+
+    cfg = CodecConfig(
+        latent_channels=8,
+        encoder_channels=(4, 4, 4, 4, 8),
+        decoder_channels=(8, 4, 4, 4, 4),
+        residual_blocks=1,
+        hyper_channels=8,
+        hyper_latent_channels=4,
+    )
+    model = VAECodec(cfg)
+    model.update(force=True)  # entropy-coder tables for the random weights
+    path = tmp_path_factory.mktemp("model") / "tiny-codec.safetensors"
+    save_checkpoint(path, model, "codec", cfg)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """Two small images of odd sizes, one in a subfolder (the search is recursive)."""
+    d = tmp_path_factory.mktemp("data")
+    (d / "sub").mkdir()
+    Image.fromarray(synthetic(50, 72, 0)).save(d / "a.png")
+    Image.fromarray(synthetic(45, 64, 1)).save(d / "sub" / "b.png")
+    return d
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_model, data_dir, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("out") / "results.json"
+    w = find_weights()
+    argv = ["evaluate", "--model", str(tiny_model), "--data", str(data_dir), "--out", str(out), "-q"]
+    argv += ["--baselines", "jpeg,webp,avif,jxl"] + (["--weights-dir", str(w)] if w else [])
+    assert cli.main(argv) == 0
+    return out, json.loads(out.read_text())
+
+
+def test_evaluate_writes_every_record(evaluated, data_dir):
+    _, doc = evaluated
+    assert doc["files"] == ["a.png", "sub/b.png"]
+    labels = [r["label"] for r in doc["runs"]]
+    assert labels == ["tiny-codec", *[f"{c}@tiny-codec" for c in ("jpeg", "webp", "avif", "jxl")]]
+    for run in doc["runs"]:
+        assert [r["file"] for r in run["images"]] == doc["files"]
+        for rec in run["images"]:
+            h, w = read_image(data_dir / rec["file"])[0].shape[:2]
+            assert (rec["width"], rec["height"]) == (w, h)  # measured at the image's own size
+            assert rec["bpp"] == 8 * rec["bytes"] / (w * h)
+            assert rec["encode_s"] > 0 and rec["decode_s"] > 0
+            assert list(rec["metrics"]) == list(PER_IMAGE)
+            for m in rec["metrics"].values():
+                assert (m["value"] is None) == ("missing" in m)  # a value, or the reason for none
+        agg = run["aggregate"]
+        assert agg["bpp"] == pytest.approx(np.mean([r["bpp"] for r in run["images"]]))
+        for k in ("fid", "kid"):  # no Inception weights here: missing, with the reason
+            assert agg["metrics"][k]["value"] is None and "pt_inception" in agg["metrics"][k]["missing"]
+    psnr = doc["runs"][1]["images"][0]["metrics"]["psnr"]["value"]
+    assert 5 < psnr < 60
+
+
+def test_network_metrics_present_or_missing_with_reason(evaluated):
+    _, doc = evaluated
+    rec = doc["runs"][0]["images"][0]["metrics"]
+    if find_weights() is None:
+        assert rec["lpips_vgg"]["value"] is None and rec["lpips_vgg"]["missing"]
+    else:
+        for k in ("lpips_alex", "lpips_vgg", "dists"):
+            assert rec[k]["value"] is not None, k
+
+
+def test_bpp_is_the_bytes_the_codecs_write(evaluated, tiny_model, data_dir):
+    _, doc = evaluated
+    model = api.load_model(tiny_model)
+    sodec_run = doc["runs"][0]
+    for rec in sodec_run["images"]:
+        image = read_image(data_dir / rec["file"])[0]
+        data = api.compress(model, image)
+        assert rec["bytes"] == len(data)
+        assert rec["bpp"] == pytest.approx(api.info(data)["bpp"], abs=1e-12)  # header included
+    for run in doc["runs"][1:]:
+        codec = baselines.CODECS[run["codec"]]
+        assert run["matched_to"] == "tiny-codec"
+        for rec, ref in zip(run["images"], sodec_run["images"], strict=True):
+            image = read_image(data_dir / rec["file"])[0]
+            assert rec["target_bpp"] == ref["bpp"]  # matched per image to the sodec file
+            assert len(codec.encode(image, rec["quality"])) == rec["bytes"]
+
+
+def test_results_round_trip(evaluated):
+    _, doc = evaluated
+    again = EvaluationResult.from_json(doc).to_json()
+    assert again["runs"] == doc["runs"]
+
+
+def test_limit_and_fixed_bpp(tiny_model, data_dir):
+    res = evaluate([], data_dir, baseline_codecs=["jpeg"], baseline_bpp=[1.5], limit=1)
+    (run,) = res.runs
+    assert run.label == "jpeg@1.500bpp" and len(run.images) == 1 and run.images[0].target_bpp == 1.5
+
+
+def test_bad_arguments_are_typed_errors(tiny_model, data_dir, tmp_path, capsys):
+    with pytest.raises(UsageError):
+        evaluate(["jpeg"], data_dir)  # a classical codec with no rate to match
+    base = ["evaluate", "--model", str(tiny_model), "--out", str(tmp_path / "r.json"), "-q"]
+    assert cli.main([*base, "--data", str(tmp_path / "nowhere")]) == UsageError.exit_code
+    assert cli.main([*base, "--data", str(data_dir), "--baselines", "png"]) == UsageError.exit_code
+    assert cli.main([*base, "--data", str(data_dir), "--limit", "0"]) == UsageError.exit_code
+    assert "sodec: error:" in capsys.readouterr().err
+
+
+# --- bench --------------------------------------------------------------------------------------
+
+
+def test_bench_cli(tiny_model, tmp_path):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--model", str(tiny_model), "--sizes", "64x64,96x64", "--repeats", "2", "--warmup", "1"]
+    assert cli.main([*argv, "--decode-steps", "1,4", "--out", str(out), "-q"]) == 0
+    recs = json.loads(out.read_text())["records"]
+    assert [(r["width"], r["height"]) for r in recs] == [(64, 64), (96, 64)]
+    for r in recs:
+        assert r["decode_steps"] is None and "set_decode_steps" in r["decode_steps_note"]
+        assert r["decode_ms_median"] > 0 and len(r["decode_ms_all"]) == 2
+        assert r["encode_mpix_per_s"] == pytest.approx(r["width"] * r["height"] / 1e6 / (r["encode_ms_median"] / 1e3))
+        assert r["decode_peak_rss_mb"] > 0
+
+
+def test_bench_times_each_decode_step_count(tiny_model, monkeypatch):
+    from sodec.commands import bench
+
+    calls: list[int] = []
+    real = api.load_model
+
+    def with_steps(name):
+        m = real(name)
+        m.module.set_decode_steps = calls.append  # what a multi-step decoder would expose
+        return m
+
+    monkeypatch.setattr(api, "load_model", with_steps)
+    recs = bench.bench_model(str(tiny_model), [(64, 64)], repeats=1, warmup=0, decode_steps=[1, 4])
+    assert [r["decode_steps"] for r in recs] == [1, 4] and calls == [1, 4]
+
+
+# --- make_results -------------------------------------------------------------------------------
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("make_results", ROOT / "scripts" / "make_results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_make_results_rewrites_only_the_marked_section(evaluated, tmp_path, capsys):
+    mod = load_script()
+    path, _ = evaluated
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\nintro\n<!-- results:start -->\nold table\n<!-- results:end -->\nafter\n")
+    out = tmp_path / "docs" / "results"
+    assert mod.main([str(path), "--out", str(out), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# title\nintro\n<!-- results:start -->\n")
+    assert text.endswith("<!-- results:end -->\nafter\n")
+    assert "old table" not in text and "| tiny-codec |" in text and "LPIPS-VGG" in text and "no resizing" in text
+    assert "pt_inception" in text  # FID/KID missing, and why
+    assert len(list(out.glob("*-psnr.png"))) == 1 and len(list(out.glob("*-lpips_alex.png"))) == 1
+    assert len(list(out.glob("*-crops-tiny-codec.png"))) == 1
+    assert "| tiny-codec |" in capsys.readouterr().out
+
+
+def test_make_results_without_markers_writes_a_separate_section(evaluated, tmp_path):
+    mod = load_script()
+    path, _ = evaluated
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\nno markers here\n")
+    out = tmp_path / "res"
+    assert mod.main([str(path), "--out", str(out), "--readme", str(readme), "--no-crops"]) == 0
+    assert readme.read_text() == "# title\nno markers here\n"
+    assert "| jxl@tiny-codec |" in (out / "README-section.md").read_text()
+
+
+def test_make_results_refuses_changed_weights(evaluated, tmp_path):
+    mod = load_script()
+    _, doc = evaluated
+    doc = json.loads(json.dumps(doc))
+    doc["runs"][0]["settings"]["sha256"] = "0" * 64  # as if the model were retrained since
+    path = tmp_path / "stale.json"
+    path.write_text(json.dumps(doc))
+    out = tmp_path / "res"
+    with pytest.raises(SystemExit, match="weights changed"):
+        mod.main([str(path), "--out", str(out), "--readme", str(tmp_path / "README.md")])
+    assert not any(out.glob("*.png"))  # refused before writing anything
