@@ -74,13 +74,17 @@ def main(argv: list[str] | None = None) -> int:
         f = Path(tmp) / "uhd.sodec"
         f.write_bytes(data)
         del model, img
-        out = subprocess.run([sys.executable, "-c", CHILD, str(f), model_arg], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(f), model_arg], capture_output=True, text=True, check=True
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
     gib = 1 << 30
     r.update(encode_seconds=enc, bytes=len(data), size=f"{a.width}x{a.height}")
-    print(f"decode {r['size']}: {r['seconds']:.1f} s, peak RSS {r['peak_rss'] / gib:.2f} GiB "
-          f"(+{(r['peak_rss'] - r['rss_after_load']) / gib:.2f} GiB over the loaded model); goal <= 3 GiB "
-          f"[encode {enc:.1f} s, {len(data)} bytes; parent peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20):.2f} GiB]")
+    print(
+        f"decode {r['size']}: {r['seconds']:.1f} s, peak RSS {r['peak_rss'] / gib:.2f} GiB "
+        f"(+{(r['peak_rss'] - r['rss_after_load']) / gib:.2f} GiB over the loaded model); goal <= 3 GiB "
+        f"[encode {enc:.1f} s, {len(data)} bytes; parent peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20):.2f} GiB]"
+    )
     if a.json:
         Path(a.json).write_text(json.dumps(r, indent=2))
     return 0

@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(here.parent / "shared" / "data" / "kodak"))
     p.add_argument("--model", action="append", help="model name (repeatable); default: all shipped")
-    p.add_argument("--weights-dir", help="LPIPS backbone weights (else $SODEC_WEIGHTS_DIR); without them LPIPS is 'missing'")
+    p.add_argument(
+        "--weights-dir", help="LPIPS backbone weights (else $SODEC_WEIGHTS_DIR); without them LPIPS is 'missing'"
+    )
     p.add_argument("--json")
     p.add_argument("--readme", help="also write the table into this README's generated section")
     a = p.parse_args(argv)

@@ -1,6 +1,6 @@
 """Figures, crops and the results table from a ``sodec evaluate`` JSON.
 
-    python scripts/make_results.py [results/eval-kodak.json] [--out docs/results] [--readme README.md]
+    python scripts/make_results.py [results/eval-kodak.json ...] [--out docs/results] [--readme README.md]
                                    [--crop-image kodim23.png] [--crop X,Y,W,H] [--data DIR]
 
 Writes into ``--out``:
@@ -9,6 +9,8 @@ Writes into ``--out``:
 * ``<set>-crops-<model>.png``: the same crop of one image from the original, the sodec model and
   each classical codec matched to its bpp (pixels 1:1, no resampling);
 * ``<set>-table.md``: the aggregate table with the evaluation protocol and every missing reason.
+
+Several results files of the same images (e.g. models evaluated in separate runs) are merged.
 
 The crops are re-encoded from the recorded settings (model + sha256, codec + quality) and each
 file's byte count is checked against the JSON, so a figure can never show other pixels than the
@@ -35,10 +37,20 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 TABLE_METRICS = [*PER_IMAGE, *SET_LEVEL]
 
 
-def load(path: Path) -> EvaluationResult:
+def load(paths: list[Path]) -> EvaluationResult:
+    """One results file, or several runs of ``sodec evaluate`` on the same images merged."""
     import json
 
-    return EvaluationResult.from_json(json.loads(path.read_text()))
+    results = [EvaluationResult.from_json(json.loads(p.read_text())) for p in paths]
+    first = results[0]
+    for p, r in zip(paths[1:], results[1:], strict=True):
+        if Path(r.data_dir).resolve() != Path(first.data_dir).resolve() or r.files != first.files:
+            raise SystemExit(f"{p} was evaluated on other images than {paths[0]}; cannot merge")
+    runs = [run for r in results for run in r.runs]
+    labels = [run.label for run in runs]
+    if len(set(labels)) != len(labels):
+        raise SystemExit(f"the same run appears twice in {', '.join(map(str, paths))}: {labels}")
+    return EvaluationResult(first.data_dir, first.files, runs, first.environment)
 
 
 def dataset_name(result: EvaluationResult) -> str:
@@ -289,7 +301,9 @@ def write_readme(readme: Path, section: str, fallback: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("results", nargs="?", default="results/eval-kodak.json")
+    p.add_argument(
+        "results", nargs="*", default=["results/eval-kodak.json"], help="results JSON(s) of the same images, merged"
+    )
     p.add_argument("--out", default="docs/results", help="folder for figures and tables")
     p.add_argument("--readme", default="README.md", help="README whose results section is rewritten")
     p.add_argument("--crop-image", help="image (as named in the results) for the crops (default: the first)")
@@ -297,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="data folder, if it moved since the evaluation")
     p.add_argument("--no-crops", action="store_true", help="skip the crops (no re-encoding)")
     a = p.parse_args(argv)
-    result = load(Path(a.results))
+    result = load([Path(r) for r in a.results])
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     box = tuple(int(v) for v in a.crop.split(",")) if a.crop else None

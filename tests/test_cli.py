@@ -102,7 +102,9 @@ def test_truncated_real_file(tmp_path, png, model_path):
     out = tmp_path / "a.sodec"
     main(["compress", str(png), "-o", str(out), "--model", model_path, "-q"])
     out.write_bytes(out.read_bytes()[:-7])
-    assert main(["decompress", str(out), "-o", str(tmp_path / "x.png"), "--model", model_path]) == TruncatedError.exit_code
+    assert (
+        main(["decompress", str(out), "-o", str(tmp_path / "x.png"), "--model", model_path]) == TruncatedError.exit_code
+    )
     assert not (tmp_path / "x.png").exists()
 
 
@@ -132,7 +134,10 @@ def test_output_suffix_selects_a_lossless_format(tmp_path, png, model_path):
     main(["compress", str(png), "-o", str(s), "--model", model_path, "-q"])
     assert main(["decompress", str(s), "-o", str(tmp_path / "a.ppm"), "--model", model_path, "-q"]) == 0
     assert Image.open(tmp_path / "a.ppm").size == (70, 40)
-    assert main(["decompress", str(s), "-o", str(tmp_path / "a.jpg"), "--model", model_path, "-q"]) == UnsupportedInputError.exit_code
+    assert (
+        main(["decompress", str(s), "-o", str(tmp_path / "a.jpg"), "--model", model_path, "-q"])
+        == UnsupportedInputError.exit_code
+    )
 
 
 def test_file_from_one_model_refused_by_another(tmp_path, png, model_path, capsys):

@@ -232,3 +232,19 @@ def test_make_results_refuses_changed_weights(evaluated, tmp_path):
     with pytest.raises(SystemExit, match="weights changed"):
         mod.main([str(path), "--out", str(out), "--readme", str(tmp_path / "README.md")])
     assert not any(out.glob("*.png"))  # refused before writing anything
+
+
+def test_make_results_merges_runs_of_the_same_images(evaluated, tmp_path, capsys):
+    mod = load_script()
+    path, doc = evaluated
+    other = json.loads(json.dumps(doc))
+    other["runs"] = [r for r in other["runs"] if r["codec"] == "jpeg"]
+    other["runs"][0]["label"] = "jpeg@again"
+    second = tmp_path / "second.json"
+    second.write_text(json.dumps(other))
+    args = ["--out", str(tmp_path / "res"), "--readme", str(tmp_path / "README.md"), "--no-crops"]
+    assert mod.main([str(path), str(second), *args]) == 0
+    table = capsys.readouterr().out
+    assert "| tiny-codec |" in table and "| jpeg@again |" in table
+    with pytest.raises(SystemExit, match="twice"):
+        mod.main([str(path), str(path), *args])

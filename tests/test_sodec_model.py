@@ -183,10 +183,23 @@ PUBLIC_VAE_KEYS = [
 def paper_layout(width: int):
     """The paper preset's block layout (SD 2.1: 4 blocks, 2 layers, linear proj) at a width."""
     p = SODEC_PRESETS["paper"]
-    unet = dataclasses.replace(p.unet, block_out_channels=(width, 2 * width, 2 * width, 2 * width), attention_head_dim=(1, 2, 2, 2), cross_attention_dim=16, norm_num_groups=8, sample_size=16)
-    vae = dataclasses.replace(p.vae, block_out_channels=(width, width, 2 * width, 2 * width), norm_num_groups=8, sample_size=64)
-    fgm = dataclasses.replace(p.fgm, timm_name=None, img_size=28, patch_size=14, embed_dim=16, depth=1, num_heads=2, cond_dim=16)
-    return dataclasses.replace(p, codec=SODEC_PRESETS["tiny"].codec, unet=unet, vae=vae, fgm=fgm, transform=TINY.transform)
+    unet = dataclasses.replace(
+        p.unet,
+        block_out_channels=(width, 2 * width, 2 * width, 2 * width),
+        attention_head_dim=(1, 2, 2, 2),
+        cross_attention_dim=16,
+        norm_num_groups=8,
+        sample_size=16,
+    )
+    vae = dataclasses.replace(
+        p.vae, block_out_channels=(width, width, 2 * width, 2 * width), norm_num_groups=8, sample_size=64
+    )
+    fgm = dataclasses.replace(
+        p.fgm, timm_name=None, img_size=28, patch_size=14, embed_dim=16, depth=1, num_heads=2, cond_dim=16
+    )
+    return dataclasses.replace(
+        p, codec=SODEC_PRESETS["tiny"].codec, unet=unet, vae=vae, fgm=fgm, transform=TINY.transform
+    )
 
 
 def _check_paper_roundtrip(cfg, tmp_path):
@@ -244,7 +257,9 @@ def test_paper_preset_requires_base_weights(tmp_path):
 @pytest.mark.slow
 def test_full_paper_preset_save_and_reload(tmp_path):
     """SD 2.1-sized UNet and VAE with random weights (several GB of RAM, minutes on a CPU)."""
-    cfg = dataclasses.replace(SODEC_PRESETS["paper"], fgm=dataclasses.replace(SODEC_PRESETS["paper"].fgm, timm_name=None, depth=1))
+    cfg = dataclasses.replace(
+        SODEC_PRESETS["paper"], fgm=dataclasses.replace(SODEC_PRESETS["paper"].fgm, timm_name=None, depth=1)
+    )
     _check_paper_roundtrip(cfg, tmp_path)
 
 

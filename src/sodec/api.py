@@ -98,7 +98,9 @@ def compress(model: Model, image: np.ndarray) -> bytes:
     x = pad_to(to_tensor(image))
     with torch.inference_mode():
         streams = model.codec.compress(x)
-    header = container.Header(model.model_id, model.weights_id, w, h, (len(streams.z), len(streams.y)), streams.symbols_crc)
+    header = container.Header(
+        model.model_id, model.weights_id, w, h, (len(streams.z), len(streams.y)), streams.symbols_crc
+    )
     return container.pack(header, [streams.z, streams.y])
 
 
@@ -251,7 +253,9 @@ def info(data: bytes, max_pixels: int | None = container.DEFAULT_MAX_PIXELS) -> 
         "padded_to": list(padded_size(h.width, h.height)),
         "padding": "edge-replicate, bottom/right",
         "entropy_coder": container.CODERS[h.coder],
-        "streams": {"z": h.stream_lengths[0], "y": h.stream_lengths[1]} if len(h.stream_lengths) == 2 else list(h.stream_lengths),
+        "streams": {"z": h.stream_lengths[0], "y": h.stream_lengths[1]}
+        if len(h.stream_lengths) == 2
+        else list(h.stream_lengths),
         "header_bytes": h.header_len,
         "file_bytes": box.file_size,
         "bpp": box.bpp(),

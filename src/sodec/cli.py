@@ -72,7 +72,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
     dt = time.perf_counter() - t
     _write_output(out, data)
     h, w = image.shape[:2]
-    _say(args, f"{args.input} -> {out}: {w}x{h}, {len(data)} bytes, {8 * len(data) / (w * h):.4f} bpp, model {model.model_id}, {dt:.2f} s")
+    _say(
+        args,
+        f"{args.input} -> {out}: {w}x{h}, {len(data)} bytes, {8 * len(data) / (w * h):.4f} bpp, model {model.model_id}, {dt:.2f} s",
+    )
     return 0
 
 
@@ -148,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compress", help="image -> .sodec")
     c.add_argument("input", help="image file, or - for stdin")
     c.add_argument("-o", "--output", help="output .sodec file, or - for stdout (default: INPUT.sodec)")
-    c.add_argument("--model", "-m", help="model name, family, or a .safetensors checkpoint (default: the shipped default)")
+    c.add_argument(
+        "--model", "-m", help="model name, family, or a .safetensors checkpoint (default: the shipped default)"
+    )
     c.add_argument("--quality", "-Q", type=int, help="rate point within the model family (1 = smallest files)")
     c.add_argument("--weights", help="diffusers folder (or hub id) with the SD UNet/VAE for paper-preset models")
     common(c)
@@ -159,8 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", help="output image, or - for PNG on stdout (default: INPUT.png)")
     d.add_argument("--model", "-m", help="decode with this model/checkpoint (default: the one the file names)")
     d.add_argument("--weights", help="diffusers folder (or hub id) with the SD UNet/VAE for paper-preset models")
-    d.add_argument("--max-pixels", type=int, default=None, help="refuse files claiming more pixels (default 178956970; 0 = no limit)")
-    d.add_argument("--tile", type=int, default=None, help="decode in tiles of this many latent rows/cols (multiple of 4)")
+    d.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="refuse files claiming more pixels (default 178956970; 0 = no limit)",
+    )
+    d.add_argument(
+        "--tile", type=int, default=None, help="decode in tiles of this many latent rows/cols (multiple of 4)"
+    )
     common(d)
     d.set_defaults(func=cmd_decompress)
 

@@ -244,10 +244,22 @@ SODEC_PRESETS: dict[str, SodecConfig] = {
             lora_rank=0,
         ),
         vae=AutoencoderConfig(
-            block_out_channels=(8, 16, 32, 32), layers_per_block=1, norm_num_groups=8, scaling_factor=1.0, sample_size=256
+            block_out_channels=(8, 16, 32, 32),
+            layers_per_block=1,
+            norm_num_groups=8,
+            scaling_factor=1.0,
+            sample_size=256,
         ),
         fgm=FGMConfig(
-            timm_name=None, img_size=64, patch_size=8, embed_dim=64, depth=2, num_heads=2, tokens=16, cond_dim=64, train_vit=True
+            timm_name=None,
+            img_size=64,
+            patch_size=8,
+            embed_dim=64,
+            depth=2,
+            num_heads=2,
+            tokens=16,
+            cond_dim=64,
+            train_vit=True,
         ),
     ),
     # A few channels everywhere: for tests.
@@ -265,8 +277,12 @@ SODEC_PRESETS: dict[str, SodecConfig] = {
             sample_size=16,
             lora_rank=2,
         ),
-        vae=AutoencoderConfig(block_out_channels=(4, 8, 8, 8), layers_per_block=1, norm_num_groups=4, scaling_factor=1.0, sample_size=64),
-        fgm=FGMConfig(timm_name=None, img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, tokens=8, cond_dim=16),
+        vae=AutoencoderConfig(
+            block_out_channels=(4, 8, 8, 8), layers_per_block=1, norm_num_groups=4, scaling_factor=1.0, sample_size=64
+        ),
+        fgm=FGMConfig(
+            timm_name=None, img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, tokens=8, cond_dim=16
+        ),
         tile=16,
     ),
 }

@@ -26,11 +26,15 @@ def deterministic_attention(chunk: int = QUERY_CHUNK) -> Iterator[None]:
 
     def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):
         if query.is_cuda or dropout_p or is_causal or attn_mask is not None or kw:
-            return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **kw)
+            return original(
+                query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **kw
+            )
         with sdpa_kernel([SDPBackend.MATH]):
             if query.size(-2) <= chunk:
                 return original(query, key, value, scale=scale)
-            parts = [original(query[..., i : i + chunk, :], key, value, scale=scale) for i in range(0, query.size(-2), chunk)]
+            parts = [
+                original(query[..., i : i + chunk, :], key, value, scale=scale) for i in range(0, query.size(-2), chunk)
+            ]
         return torch.cat(parts, dim=-2)
 
     F.scaled_dot_product_attention = sdpa

@@ -25,7 +25,10 @@ from .errors import WeightsError
 BACKBONES = {
     "alex": ("alexnet_features.safetensors", "889a9ed0249fad79da5157ecf3125bef56243b12ec058c99296bc803ad24ec94"),
     "vgg": ("vgg16_features.safetensors", "5ec800ff5c189c3fef18ab4abcecdf326ec5662e690866094e9f55006cdd9ecf"),
-    "squeeze": ("squeezenet1_1_features.safetensors", "34a832b8d26660222fea690872ffda0133182f6acc79771786ac37c7e87f3216"),
+    "squeeze": (
+        "squeezenet1_1_features.safetensors",
+        "34a832b8d26660222fea690872ffda0133182f6acc79771786ac37c7e87f3216",
+    ),
     "dists": ("dists_alpha_beta.safetensors", "50980d68bc38b2fcc738b1a8c3ae77a87cb73883b230951c2c57190855bdb52f"),
 }
 
@@ -55,9 +58,7 @@ def backbone_state(net: str, explicit_dir: str | os.PathLike[str] | None = None)
     fname, sha = BACKBONES[net]
     d = weights_dir(explicit_dir)
     if d is None:
-        raise WeightsError(
-            f"{fname} not found: set --weights-dir or SODEC_WEIGHTS_DIR to a folder holding it"
-        )
+        raise WeightsError(f"{fname} not found: set --weights-dir or SODEC_WEIGHTS_DIR to a folder holding it")
     path = d / fname
     if not path.is_file():
         raise WeightsError(f"{fname} not found in {d}")

@@ -55,7 +55,9 @@ class OneStepDiffusion(nn.Module):
         from peft import LoraConfig
 
         r = self.unet_cfg.lora_rank
-        cfg = LoraConfig(r=r, lora_alpha=r, init_lora_weights="gaussian", target_modules=list(self.unet_cfg.lora_targets))
+        cfg = LoraConfig(
+            r=r, lora_alpha=r, init_lora_weights="gaussian", target_modules=list(self.unet_cfg.lora_targets)
+        )
         self.unet.add_adapter(cfg)
         self.lora_added = True
 

@@ -88,7 +88,9 @@ class SodecModel(nn.Module):
         for name, mine, theirs in (("unet", self.diffusion.unet, unet), ("vae", self.diffusion.vae, vae)):
             missing, unexpected = mine.load_state_dict(theirs.state_dict(), strict=False)
             if missing or unexpected:
-                raise WeightsError(f"{name} in {source!s} does not match the preset ({len(missing)} missing, {len(unexpected)} unexpected keys)")
+                raise WeightsError(
+                    f"{name} in {source!s} does not match the preset ({len(missing)} missing, {len(unexpected)} unexpected keys)"
+                )
         vit_file = local / "vit" / "model.safetensors"
         if vit_file.is_file():
             from safetensors.torch import load_file
@@ -99,7 +101,9 @@ class SodecModel(nn.Module):
         """Write the UNet and VAE in the public diffusers layout (unet/, vae/) and the ViT."""
         AutoencoderKL, _, _, UNet2DConditionModel = _diffusers()
         folder = Path(folder)
-        unet_sd = {k.replace(".base_layer", ""): v for k, v in self.diffusion.unet.state_dict().items() if "lora_" not in k}
+        unet_sd = {
+            k.replace(".base_layer", ""): v for k, v in self.diffusion.unet.state_dict().items() if "lora_" not in k
+        }
         unet = UNet2DConditionModel(**self.cfg.unet.diffusers_kwargs())
         unet.load_state_dict(unet_sd, strict=True)
         unet.save_pretrained(folder / "unet")
@@ -109,7 +113,9 @@ class SodecModel(nn.Module):
         from safetensors.torch import save_file
 
         (folder / "vit").mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.fgm.vit.state_dict().items()}, str(folder / "vit" / "model.safetensors"))
+        save_file(
+            {k: v.contiguous() for k, v in self.fgm.vit.state_dict().items()}, str(folder / "vit" / "model.safetensors")
+        )
 
     def checkpoint_state_dict(self) -> dict[str, Tensor]:
         """What a sodec checkpoint stores: everything (small), or all but the base (paper)."""
@@ -132,7 +138,12 @@ class SodecModel(nn.Module):
         if codec_sd:
             self.codec.load_state_dict(codec_sd, strict=strict)
         rest = {k: v for k, v in state_dict.items() if not k.startswith("codec.")}
-        result = nn.Module.load_state_dict(self, {**{f"codec.{k}": v for k, v in self.codec.state_dict().items()}, **rest}, strict=strict, assign=assign)
+        result = nn.Module.load_state_dict(
+            self,
+            {**{f"codec.{k}": v for k, v in self.codec.state_dict().items()}, **rest},
+            strict=strict,
+            assign=assign,
+        )
         return result
 
     # -- CompressAI housekeeping, delegated to the codec -----------------------------------------
@@ -202,4 +213,6 @@ class SodecModel(nn.Module):
             x_f = tiled_decode(lambda y: self.fidelity_decoder(y).clamp(0, 1), (y_hat,), 16, tile, overlap)
             c_g = self.fgm(x_f)
             del x_f
-            return tiled_decode(lambda y, w_: self.decode_latent(y, w_, c_g=c_g).clamp(0, 1), (y_hat, w), 16, tile, overlap)
+            return tiled_decode(
+                lambda y, w_: self.decode_latent(y, w_, c_g=c_g).clamp(0, 1), (y_hat, w), 16, tile, overlap
+            )

@@ -274,12 +274,10 @@ class VAECodec(CompressionModel):
         y_hat, w, crc = self.decompress_latent(streams.y, streams.z, streams.latent_hw)
         if crc != streams.symbols_crc:
             raise DesyncError(
-                "decoded symbols do not match the encoder's (entropy-decoder desync); refusing to "
-                "produce a wrong image"
+                "decoded symbols do not match the encoder's (entropy-decoder desync); refusing to produce a wrong image"
             )
         x_vae = self.g_s(y_hat).clamp_(0, 1) if synthesize else None
         return CodecDecoded(y_hat, w, x_vae)
-
 
     @torch.no_grad()
     def reconstruct(self, y_hat: Tensor, w: Tensor, tile: int | None = None) -> Tensor:

@@ -137,7 +137,9 @@ def _flatten_optim(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, t
     return tensors, {"param_groups": sd["param_groups"]}
 
 
-def _unflatten_optim(prefix: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def _unflatten_optim(
+    prefix: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, v in tensors.items():
         if key.startswith(prefix + "."):
@@ -247,7 +249,9 @@ class Trainer:
         if self.disc is not None:
             disc = self.disc.module if hasattr(self.disc, "module") else self.disc
             tensors.update({f"disc.{k}": v.detach().cpu().contiguous() for k, v in disc.state_dict().items()})
-        atomic_write_via(self.state_path, lambda tmp: save_file(tensors, tmp, metadata={"sodec.train": json.dumps(meta)}))
+        atomic_write_via(
+            self.state_path, lambda tmp: save_file(tensors, tmp, metadata={"sodec.train": json.dumps(meta)})
+        )
 
     def load_state(self) -> bool:
         if not self.state_path.is_file():
@@ -338,7 +342,10 @@ class Trainer:
             mse = np.mean((rec.astype(np.float64) - img.astype(np.float64)) ** 2)
             psnrs.append(10 * math.log10(255**2 / max(mse, 1e-10)))
         self.model.to(self.device).train()
-        return {"val_bpp": float(np.mean(bpps)) if bpps else float("nan"), "val_psnr": float(np.mean(psnrs)) if psnrs else float("nan")}
+        return {
+            "val_bpp": float(np.mean(bpps)) if bpps else float("nan"),
+            "val_psnr": float(np.mean(psnrs)) if psnrs else float("nan"),
+        }
 
     # -- loop -----------------------------------------------------------------------------------
 
@@ -399,7 +406,10 @@ class Trainer:
             if new:
                 w.writerow(["step", "val_bpp", "val_psnr"])
             w.writerow([self.step, f"{v['val_bpp']:.5f}", f"{v['val_psnr']:.3f}"])
-        print(f"[{self.stage.name}] step {self.step}: val bpp {v['val_bpp']:.4f} PSNR {v['val_psnr']:.2f}", file=sys.stderr)
+        print(
+            f"[{self.stage.name}] step {self.step}: val bpp {v['val_bpp']:.4f} PSNR {v['val_psnr']:.2f}",
+            file=sys.stderr,
+        )
         return v
 
     def finish(self, seconds: float, rec: dict[str, float]) -> StageResult:
