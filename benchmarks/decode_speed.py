@@ -119,6 +119,30 @@ def bench(preset: str, steps: int, repeats: int, tmp: Path) -> dict:
     }
 
 
+def render(results: list[dict], steps: int, header: bool = True) -> str:
+    """Markdown tables for the README (and stdout)."""
+    out: list[str] = []
+    if header:
+        out.append(f"Command: `python benchmarks/decode_speed.py`; {platform.machine()} CPU, median of warm repeats.")
+    for r in results:
+        many = r.get(f"{steps}_step_decode_s")
+        out += [
+            "",
+            f"**{r['preset']} preset, {r['size']}** ({r['weights']}; {r['threads']} thread(s))",
+            "",
+            "| component | seconds |",
+            "|---|---|",
+            *(f"| {k} | {v:.4f} |" for k, v in r["components_s"].items()),
+            f"| sum of components | {r['sum_of_components_s']:.4f} |",
+            f"| **one-step decode, from bytes** | {r['one_step_decode_s']:.4f} |",
+            f"| **{steps}-step decode, same networks** | {many:.4f} |",
+            "",
+            f"{steps}-step / one-step: **{r['ratio']:.1f}x**; one-step decode vs the sum of its components: "
+            f"{r['one_step_overhead_pct']:+.1f}%",
+        ]
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", default="small,paper")
@@ -126,40 +150,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json")
+    p.add_argument("--render", nargs="+", help="print/README tables from saved --json files instead of measuring")
     p.add_argument("--readme", help="also write the table into this README's generated section")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    results = []
-    out: list[str] = [
-        f"Command: `python benchmarks/decode_speed.py`; {torch.get_num_threads()} CPU threads ({platform.machine()}), median of warm repeats."
-    ]
-    with tempfile.TemporaryDirectory() as tmp:
-        for preset in a.presets.split(","):
-            r = bench(preset, a.steps, a.repeats, Path(tmp))
-            results.append(r)
-            block = [
-                "",
-                f"**{preset} preset, {r['size']}** ({r['weights']})",
-                "",
-                "| component | seconds |",
-                "|---|---|",
-                *(f"| {k} | {v:.4f} |" for k, v in r["components_s"].items()),
-                f"| sum of components | {r['sum_of_components_s']:.4f} |",
-                f"| **one-step decode, from bytes** | {r['one_step_decode_s']:.4f} |",
-                f"| **{a.steps}-step decode, same networks** | {r[f'{a.steps}_step_decode_s']:.4f} |",
-                "",
-                f"{a.steps}-step / one-step: **{r['ratio']:.1f}x**; one-step decode vs the sum of its components: {r['one_step_overhead_pct']:+.1f}%",
-            ]
-            print("\n".join(block))
-            sys.stdout.flush()
-            out += block
+    results: list[dict] = []
+    if a.render:
+        # Rebuild the table from saved runs (--json) without measuring again.
+        for f in a.render:
+            saved = json.loads(Path(f).read_text())
+            results += [{**r, "threads": saved["threads"]} for r in saved["results"]]
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            for preset in a.presets.split(","):
+                results.append({**bench(preset, a.steps, a.repeats, Path(tmp)), "threads": torch.get_num_threads()})
+                print(render([results[-1]], a.steps, header=False))
+                sys.stdout.flush()
+    out = render(results, a.steps)
+    if a.render:
+        print(out)
     if a.json:
         Path(a.json).write_text(json.dumps({"threads": torch.get_num_threads(), "results": results}, indent=2))
     if a.readme:
         from sodec.reporting import replace_section
 
-        if not replace_section(a.readme, "speed", "\n".join(out)):
+        if not replace_section(a.readme, "speed", out):
             print(f"{a.readme} has no speed section", file=sys.stderr)
     return 0
 
