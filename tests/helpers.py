@@ -14,10 +14,13 @@ KODAK = SHARED / "data" / "kodak"
 TRAIN = SHARED / "data" / "train"
 
 
+WEIGHT_FILES = ("alexnet_features.safetensors", "vgg16_features.safetensors", "dists_alpha_beta.safetensors")
+
+
 def shared_weights_dir() -> Path | None:
-    env = os.environ.get("SODEC_WEIGHTS_DIR")
-    for cand in (env, SHARED / "weights"):
-        if cand and (Path(cand) / "alexnet_features.safetensors").is_file():
+    """$SODEC_WEIGHTS_DIR, else ../shared/weights, when it holds the LPIPS/DISTS backbones."""
+    for cand in (os.environ.get("SODEC_WEIGHTS_DIR"), SHARED / "weights"):
+        if cand and all((Path(cand) / f).is_file() for f in WEIGHT_FILES):
             return Path(cand)
     return None
 

@@ -5,29 +5,20 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import REPO, shared_weights_dir
 from sodec import api, baselines, cli
 from sodec.errors import UsageError
 from sodec.evaluation import EvaluationResult, evaluate
 from sodec.image_io import read_image
 from sodec.metrics import PER_IMAGE
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-REF_FILES = ("alexnet_features.safetensors", "vgg16_features.safetensors", "dists_alpha_beta.safetensors")
-
-
-def find_weights() -> Path | None:
-    for cand in (os.environ.get("SODEC_WEIGHTS_DIR"), SHARED / "weights"):
-        if cand and all((Path(cand) / f).is_file() for f in REF_FILES):
-            return Path(cand)
-    return None
+find_weights = shared_weights_dir
 
 
 def synthetic(h: int, w: int, seed: int) -> np.ndarray:
@@ -187,7 +178,7 @@ def test_bench_times_each_decode_step_count(tiny_model, monkeypatch):
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("make_results", ROOT / "scripts" / "make_results.py")
+    spec = importlib.util.spec_from_file_location("make_results", REPO / "scripts" / "make_results.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

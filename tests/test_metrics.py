@@ -4,7 +4,6 @@ the FID/256 patching, and metrics recorded as missing (with the reason) when wei
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from pathlib import Path
 from unittest import mock
@@ -13,18 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import SHARED, shared_weights_dir
 from sodec import metrics as M
 from sodec.errors import UsageError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-REF_FILES = ("alexnet_features.safetensors", "vgg16_features.safetensors", "dists_alpha_beta.safetensors")
-
-
-def find_weights() -> Path | None:
-    for cand in (os.environ.get("SODEC_WEIGHTS_DIR"), SHARED / "weights"):
-        if cand and all((Path(cand) / f).is_file() for f in REF_FILES):
-            return Path(cand)
-    return None
+find_weights = shared_weights_dir
 
 
 def checks_dir() -> Path:

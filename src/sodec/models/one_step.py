@@ -28,6 +28,17 @@ def _diffusers():
     return AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 
 
+def _schedule(d: DiffusionConfig) -> dict:
+    """The noise schedule's arguments, shared by the training (DDPM) and sampling (DDIM) views."""
+    return {
+        "num_train_timesteps": d.num_train_timesteps,
+        "beta_start": d.beta_start,
+        "beta_end": d.beta_end,
+        "beta_schedule": d.beta_schedule,
+        "prediction_type": d.prediction_type,
+    }
+
+
 class OneStepDiffusion(nn.Module):
     def __init__(self, unet: UNetConfig, vae: AutoencoderConfig, diffusion: DiffusionConfig) -> None:
         super().__init__()
@@ -36,13 +47,7 @@ class OneStepDiffusion(nn.Module):
         self.unet = UNet2DConditionModel(**unet.diffusers_kwargs())
         self.vae = AutoencoderKL(**vae.diffusers_kwargs())
         self.vae.encoder.requires_grad_(False)  # only D_m (the decoder) is used at decode time
-        sched = DDPMScheduler(
-            num_train_timesteps=diffusion.num_train_timesteps,
-            beta_start=diffusion.beta_start,
-            beta_end=diffusion.beta_end,
-            beta_schedule=diffusion.beta_schedule,
-            prediction_type=diffusion.prediction_type,
-        )
+        sched = DDPMScheduler(**_schedule(diffusion))
         self.register_buffer("alphas_cumprod", sched.alphas_cumprod.clone().float(), persistent=False)
         self.lora_added = False
 
@@ -95,11 +100,7 @@ class OneStepDiffusion(nn.Module):
         _, DDIMScheduler, _, _ = _diffusers()
         d = self.diffusion_cfg
         sched = DDIMScheduler(
-            num_train_timesteps=d.num_train_timesteps,
-            beta_start=d.beta_start,
-            beta_end=d.beta_end,
-            beta_schedule=d.beta_schedule,
-            prediction_type=d.prediction_type,
+            **_schedule(d),
             timestep_spacing="trailing",  # so the first step is t = 999, where y_t lives
             clip_sample=False,
             set_alpha_to_one=False,
