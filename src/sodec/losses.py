@@ -33,39 +33,20 @@ def mse255(x_hat: Tensor, x: Tensor) -> Tensor:
 
 
 def ms_ssim_loss(x_hat: Tensor, x: Tensor) -> Tensor:
-    """1 - MS-SSIM (data range 1); crops of 160 px or less use only the first scales.
+    """1 - MS-SSIM (data range 1); crops of 160 px or less use only the scales that fit.
 
-    pytorch_msssim's ``ms_ssim`` asserts a side > 160 px (five scales of an 11-px window) even when
-    given fewer weights, so training crops of 64 or 128 px could not use it. Those run the same
-    per-scale loop here (copied from pytorch_msssim 1.0.0 ``ms_ssim``, on its ``_ssim``; changed:
-    the number of scales comes from the image size, weights renormalised over those scales).
+    pytorch_msssim's ``ms_ssim`` asserts a side > 160 px even when given fewer weights, so small
+    training crops go through :func:`sodec.metrics.ms_ssim_k` (its per-scale loop on k scales).
     """
     from pytorch_msssim import ms_ssim
-    from pytorch_msssim.ssim import _fspecial_gauss_1d, _ssim
+
+    from .metrics import ms_ssim_k, ms_ssim_scales
 
     x_hat = x_hat.clamp(0, 1)
-    side = min(x.shape[-2:])
-    weights = [0.0448, 0.2856, 0.3001, 0.2363, 0.1333]
-    # Every scale keeps at least the 11-px window: side / 2**(scales - 1) >= 11.
-    scales = max(1, min(5, int(math.log2(max(side - 1, 1) / 10)) + 1))
-    while scales > 1 and side <= (11 - 1) * 2 ** (scales - 1):
-        scales -= 1
-    if scales == 5:
+    k = max(1, ms_ssim_scales(*x.shape[-2:]))
+    if k == 5:
         return 1.0 - ms_ssim(x_hat, x, data_range=1.0)
-    w = x.new_tensor(weights[:scales])
-    w = w / w.sum()
-    win = _fspecial_gauss_1d(11, 1.5).repeat([x.shape[1], 1, 1, 1])
-    a, b = x_hat, x
-    mcs = []
-    for i in range(scales):
-        ssim_per_channel, cs = _ssim(a, b, data_range=1.0, win=win, size_average=False)
-        if i < scales - 1:
-            mcs.append(torch.relu(cs))
-            padding = [s % 2 for s in a.shape[2:]]
-            a = F.avg_pool2d(a, kernel_size=2, padding=padding)
-            b = F.avg_pool2d(b, kernel_size=2, padding=padding)
-    levels = torch.stack([*mcs, torch.relu(ssim_per_channel)], dim=0)  # (scale, batch, channel)
-    return 1.0 - torch.prod(levels ** w.view(-1, 1, 1), dim=0).mean()
+    return 1.0 - ms_ssim_k(x_hat, x, k)
 
 
 class PerceptualLosses(nn.Module):

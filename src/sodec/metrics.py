@@ -173,7 +173,7 @@ def ms_ssim(ref: np.ndarray, dist: np.ndarray, device: str | torch.device = "cpu
     return Metric(v, note=f"{k} of 5 scales (smaller side {min(h, w)} px < 161), weights renormalised")
 
 
-def _ms_ssim_scales(x: Tensor, y: Tensor, k: int) -> float:
+def ms_ssim_k(x: Tensor, y: Tensor, k: int) -> Tensor:
     """``pytorch_msssim.ms_ssim`` (1.0.0) on k < 5 scales.
 
     Its public function asserts > 160 px whatever the weights, so this repeats its level loop
@@ -195,7 +195,11 @@ def _ms_ssim_scales(x: Tensor, y: Tensor, k: int) -> float:
             pad = [s % 2 for s in x.shape[2:]]
             x, y = F.avg_pool2d(x, 2, padding=pad), F.avg_pool2d(y, 2, padding=pad)
     stack = torch.stack([*mcs, torch.relu(ssim_c)], dim=0)  # (levels, N, C)
-    return float(torch.prod(stack ** weights.view(-1, 1, 1), dim=0).mean())
+    return torch.prod(stack ** weights.view(-1, 1, 1), dim=0).mean()  # differentiable: also a loss
+
+
+def _ms_ssim_scales(x: Tensor, y: Tensor, k: int) -> float:
+    return float(ms_ssim_k(x, y, k))
 
 
 # --- network metrics ----------------------------------------------------------------------------
