@@ -58,13 +58,14 @@ def dataset_name(result: EvaluationResult) -> str:
 
 
 def series_name(run: CodecRun) -> str:
-    """Curve a run belongs to: sodec models by family, classical codecs by codec."""
+    """Curve a run belongs to: learned models by family (codec-small, sodec-small, ...), classical
+    codecs by codec."""
     if run.kind == "classical":
         return baselines.CODECS[run.codec].label if run.codec in baselines.CODECS else run.codec
     try:
-        return f"sodec {registry.get(run.codec).family}"
+        return registry.get(run.codec).family
     except SodecError:
-        return f"sodec {run.codec}"
+        return run.codec
 
 
 # --- plots --------------------------------------------------------------------------------------
@@ -91,10 +92,12 @@ def plot_curves(result: EvaluationResult, out: Path) -> list[Path]:
         if not series:
             continue  # e.g. FID without Inception weights: the table says why
         fig, ax = plt.subplots(figsize=(5.5, 4))
-        for label, pts in sorted(series.items(), key=lambda kv: (not kv[0].startswith("sodec"), kv[0])):
+        classical = {series_name(r) for r in result.runs if r.kind == "classical"}
+        for label, pts in sorted(series.items(), key=lambda kv: (kv[0] in classical, kv[0])):
             pts.sort()
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-            style = dict(marker="o", linewidth=2.2) if label.startswith("sodec") else dict(marker="s", linewidth=1.2)
+            learned = label not in classical
+            style = dict(marker="o", linewidth=2.2) if learned else dict(marker="s", linewidth=1.2, alpha=0.85)
             (line,) = ax.plot(xs, ys, label=label, **style)
             for x, y, partial in pts:
                 if partial:  # the codec could not reach the target on some images: hollow marker

@@ -260,7 +260,12 @@ def run(args: argparse.Namespace) -> int:
     if not models:
         raise UsageError("no shipped models to benchmark; pass --model")
     image = read_image(args.image)[0] if args.image else None
-    steps = [int(s) for s in args.decode_steps.split(",")] if args.decode_steps else None
+    try:
+        steps = [int(s) for s in args.decode_steps.split(",")] if args.decode_steps else None
+    except ValueError:
+        raise UsageError(f"--decode-steps takes comma-separated integers, got {args.decode_steps!r}") from None
+    if steps is not None and min(steps) < 1:
+        raise UsageError(f"--decode-steps must be >= 1, got {steps}")
     records = []
     for name in models:
         records += bench_model(name, parse_sizes(args.sizes), args.repeats, args.warmup, image, steps)
