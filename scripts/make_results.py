@@ -29,7 +29,7 @@ import numpy as np
 
 from sodec import api, baselines, registry
 from sodec.errors import SodecError
-from sodec.evaluation import CodecRun, EvaluationResult
+from sodec.evaluation import CodecRun, EvaluationResult, decode_with_steps
 from sodec.image_io import read_image
 from sodec.metrics import PER_IMAGE, SET_LEVEL
 
@@ -63,9 +63,11 @@ def series_name(run: CodecRun) -> str:
     if run.kind == "classical":
         return baselines.CODECS[run.codec].label if run.codec in baselines.CODECS else run.codec
     try:
-        return registry.get(run.codec).family
+        name = registry.get(run.codec).family
     except SodecError:
-        return run.codec
+        name = run.codec
+    steps = run.settings.get("decode_steps")
+    return f"{name} ({steps}-step DDIM decoder)" if steps else name
 
 
 # --- plots --------------------------------------------------------------------------------------
@@ -139,7 +141,8 @@ def reconstruct(run: CodecRun, file: str, image: np.ndarray, cache: dict[str, ap
     if run.kind == "sodec":
         model = cache[run.settings.get("source") or run.codec]
         data = api.compress(model, image)
-        decode = lambda: api.decompress(data, model)  # noqa: E731
+        steps = int(run.settings.get("decode_steps") or 1)
+        decode = lambda: decode_with_steps(model, data, steps)  # noqa: E731
     else:
         codec = baselines.get(run.codec)
         assert rec.quality is not None
@@ -193,9 +196,11 @@ def make_crops(
         raise SystemExit(f"crop {box} is outside the {w}x{h} image")
     crop = lambda a: a[y : y + ch, x : x + cw]  # noqa: E731
     written = []
-    for run in (r for r in result.runs if r.kind == "sodec"):
+    for run in (r for r in result.runs if r.kind == "sodec" and not r.settings.get("decode_steps")):
         tiles = [(f"original\n{file}", crop(image))]
-        for r in [run, *[c for c in result.runs if c.matched_to == run.label]]:
+        # the same file through the multi-step decoder, then the classical codecs at its size
+        same_bits = [r for r in result.runs if r.codec == run.label and r.settings.get("decode_steps")]
+        for r in [run, *same_bits, *[c for c in result.runs if c.matched_to == run.label]]:
             rec = next(i for i in r.images if i.file == file)
             extra = f" (q {rec.quality})" if rec.quality is not None else ""
             tiles.append(

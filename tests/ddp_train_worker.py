@@ -4,7 +4,7 @@ Usage: ``python ddp_train_worker.py STAGE.toml RUN_DIR OUT_PREFIX`` with torchru
 (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK) set by the caller. Runs the stage through
 :class:`~sodec.training.trainer.Trainer` (which joins the process group in ``_dist()``) and writes
 ``OUT_PREFIX-rank<r>-init.safetensors`` / ``-final.safetensors``: every model and discriminator
-parameter as this rank holds it before the first step and after the last.
+parameter as this rank holds it before the first step and after the last, and ``-lambda.txt``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ def main(argv: list[str]) -> int:
     save_file(_params(trainer), f"{prefix}-rank{rank}-init.safetensors")
     trainer.run(resume=False)
     save_file(_params(trainer), f"{prefix}-rank{rank}-final.safetensors")
+    # lambda is not in the weights (DDP averages gradients, so ranks with different lambdas would
+    # still hold equal weights): written so the test can compare it across ranks.
+    with open(f"{prefix}-rank{rank}-lambda.txt", "w") as f:
+        f.write(repr(trainer.rate_weight))
     dist.destroy_process_group()
     return 0
 

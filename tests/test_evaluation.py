@@ -244,3 +244,62 @@ def test_make_results_merges_runs_of_the_same_images(evaluated, tmp_path, capsys
     assert "| tiny-codec |" in table and "| jpeg@again |" in table
     with pytest.raises(SystemExit, match="twice"):
         mod.main([str(path), str(path), *args])
+
+
+@pytest.fixture(scope="module")
+def tiny_sodec(tmp_path_factory) -> Path:
+    """A tiny random-weight SODEC checkpoint (a diffusion decoder, so it has a step count)."""
+    import torch
+
+    from sodec.checkpoint import save_checkpoint
+    from sodec.config import SODEC_PRESETS
+    from sodec.models.sodec import SodecModel
+
+    torch.manual_seed(0)
+    cfg = SODEC_PRESETS["tiny"]
+    module = SodecModel(cfg).eval()
+    module.update(force=True)
+    path = tmp_path_factory.mktemp("model") / "tiny-sodec.safetensors"
+    save_checkpoint(path, module, "sodec", cfg, {"sodec.model_id": "tiny-sodec"})
+    return path
+
+
+def test_multistep_decoder_runs_on_the_same_files(tiny_sodec, tiny_model, data_dir, tmp_path, capsys):
+    """--decode-steps adds the multi-step decoder of each diffusion model: same bytes, its own
+    pixels and timings; plain codecs get none; make_results plots it as its own curve and crops it."""
+    out = tmp_path / "ms.json"
+    argv = ["evaluate", "-m", str(tiny_sodec), "-m", str(tiny_model), "--data", str(data_dir)]
+    argv += ["--baselines", "jpeg", "--decode-steps", "3", "--out", str(out), "-q"]
+    assert cli.main(argv) == 0
+    doc = json.loads(out.read_text())
+    runs = {r["label"]: r for r in doc["runs"]}
+    assert list(runs) == ["tiny-sodec", "tiny-codec", "tiny-sodec@3step", "jpeg@tiny-sodec", "jpeg@tiny-codec"]
+    one, three = runs["tiny-sodec"], runs["tiny-sodec@3step"]
+    assert three["settings"]["decode_steps"] == 3 and three["kind"] == "sodec"
+    assert [r["bytes"] for r in three["images"]] == [r["bytes"] for r in one["images"]]
+    assert three["images"][0]["metrics"]["psnr"] != one["images"][0]["metrics"]["psnr"]
+    # the model is back at one step: the one-step file decodes as before
+    model = api.load_model(tiny_sodec)
+    img = read_image(data_dir / "a.png")[0]
+    from sodec.evaluation import decode_with_steps
+
+    data = api.compress(model, img)
+    before = api.decompress(data, model)
+    assert not np.array_equal(decode_with_steps(model, data, 3), before)
+    assert np.array_equal(api.decompress(data, model), before) and model.module.decode_steps == 1
+
+    mod = load_script()
+    res = tmp_path / "res"
+    assert mod.main([str(out), "--out", str(res), "--readme", str(tmp_path / "README.md")]) == 0
+    assert "| tiny-sodec@3step |" in capsys.readouterr().out
+    assert len(list(res.glob("*-crops-tiny-sodec.png"))) == 1
+    assert not list(res.glob("*-crops-tiny-sodec@3step.png"))  # shown inside the one-step crops
+
+    for bad in ("1", "0"):
+        assert (
+            cli.main([*argv[:-3], "--out", str(tmp_path / "bad.json"), "--decode-steps", bad, "-q"])
+            == UsageError.exit_code
+        )
+    with pytest.raises(SystemExit):  # not a number: argparse's own usage error
+        cli.main([*argv[:-3], "--decode-steps", "x"])
+    assert not (tmp_path / "bad.json").exists()

@@ -279,3 +279,61 @@ def test_paper_preset_shapes_on_meta_device():
     assert vit.embed_dim == 1024 and 300e6 < n_vit < 310e6  # DINOv2 ViT-L/14
     assert paper.codec.latent_channels == 220
     assert isinstance(paper.unet, UNetConfig)
+
+
+# -- the pooled guidance preview (FGMConfig.guidance_size, the small preset's decode-time saving) ---
+
+PREVIEW = dataclasses.replace(TINY, fgm=dataclasses.replace(TINY.fgm, guidance_size=2))
+
+
+@pytest.fixture(scope="module")
+def preview_model(tmp_path_factory) -> api.Model:
+    torch.manual_seed(2)
+    module = SodecModel(PREVIEW).eval()
+    module.update(force=True)
+    path = tmp_path_factory.mktemp("m") / "sodec-tiny-preview.safetensors"
+    save_checkpoint(path, module, "sodec", PREVIEW, {"sodec.model_id": "sodec-tiny-preview"})
+    return api.load_model(path)
+
+
+def test_guidance_preview_has_a_fixed_size_and_steers_the_output(preview_model):
+    m = preview_model.module
+    assert m.cfg.fgm.guidance_size == 2  # the config travels in the checkpoint
+    c = TINY.codec.latent_channels
+    for h, w in ((1, 1), (4, 6), (9, 5)):
+        y_hat = torch.randn(1, c, h, w)
+        assert m.guidance_image(y_hat).shape == (1, 3, 32, 32)
+    y_hat, w = torch.randn(1, c, 4, 6), torch.randn(1, 2 * c, 4, 6)
+    # D_a sees only the pooled latent: a change that keeps every cell's mean keeps the preview...
+    bump = torch.zeros_like(y_hat)
+    bump[..., 0, 0], bump[..., 0, 1] = 1.0, -1.0  # same 2x3 cell, zero mean change
+    with torch.no_grad():
+        torch.testing.assert_close(m.guidance_image(y_hat), m.guidance_image(y_hat + bump))
+        # ...while a changed preview changes the decoded image (the guidance path is live).
+        a = m.decode_latent(y_hat, w)
+        b = m.decode_latent(y_hat, w, x_f=torch.ones(1, 3, 32, 32))
+    assert not torch.allclose(a, b)
+
+
+def test_guidance_preview_trains_against_the_pooled_original(preview_model):
+    from sodec.losses import distortion_terms
+
+    m = preview_model.module
+    x = torch.rand(2, 3, 64, 128)
+    out = m(x)
+    assert out.x_hat.shape == x.shape and out.x_fidelity.shape == (2, 3, 32, 32)
+    terms = distortion_terms({"align": 1.0}, x, out.x_hat, out.x_fidelity, None)
+    pooled = torch.nn.functional.adaptive_avg_pool2d(x, (32, 32))
+    torch.testing.assert_close(terms["align"], ((out.x_fidelity - pooled) * 255).pow(2).mean())
+
+
+def test_guidance_preview_tiled_decode_equals_one_tile_and_round_trips(preview_model):
+    m = preview_model.module
+    c = TINY.codec.latent_channels
+    y_hat, w = torch.randn(1, c, 8, 12), torch.randn(1, 2 * c, 8, 12)
+    with torch.no_grad(), deterministic_attention():
+        direct = m.decode_latent(y_hat, w).clamp(0, 1)
+    assert torch.equal(direct, m.reconstruct(y_hat, w, tile=16))
+    img = random_image(150, 90, seed=4)
+    data = api.compress(preview_model, img)
+    assert api.decompress(data, preview_model, tile=12).shape == img.shape

@@ -380,17 +380,44 @@ def test_rate_weight_without_an_end_is_constant():
     assert {s.rate_weight_at(i) for i in range(12)} == {2.5}
 
 
+def test_target_bpp_steers_lambda_toward_the_rate(tmp_path, data_dir):
+    """With target_bpp, lambda starts at rate_weight and moves by exp(gain * clip(log(bpp/target)))."""
+    for target, direction in ((1e-6, 1), (1e3, -1)):
+        stage = stage_from_toml(tmp_path, data_dir, STAGES["anneal"].replace("rate_weight_end = 4.0", ""), steps=4)
+        stage = dataclasses.replace(stage, target_bpp=target, rate_gain=0.05)
+        rows = read_log(Trainer(stage, tmp_path / f"run-{direction}", progress=False).run().run_dir)
+        lam = [float(r["rate_weight"]) for r in rows]
+        assert lam[0] == pytest.approx(stage.rate_weight)
+        for prev, r, nxt in zip(lam, rows, lam[1:], strict=False):
+            err = max(-1.0, min(1.0, math.log(max(float(r["bpp_est"]), 1e-9) / target)))
+            assert err == direction  # far from the target: the clipped step
+            assert nxt == pytest.approx(prev * math.exp(0.05 * err), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"target_bpp": 0.1, "rate_weight": 0.0}, {"target_bpp": 0.1, "rate_weight_end": 5.0}, {"target_bpp": -1.0}],
+)
+def test_a_target_bpp_needs_a_start_and_no_schedule(fields):
+    with pytest.raises(ValueError, match="target_bpp"):
+        StageConfig(**{"name": "s", "preset": "codec:tiny", "rate_weight": 1.0, **fields})
+
+
 # -- 3. resume reproduces the uninterrupted run -------------------------------------------------------
 
 
+@pytest.mark.parametrize("rate", ["annealed", "target"])
 @pytest.mark.parametrize("when", ["after-checkpoint", "between-checkpoints"])
-def test_resume_after_interruption_reproduces_the_uninterrupted_run(tmp_path, data_dir, monkeypatch, when):
+def test_resume_after_interruption_reproduces_the_uninterrupted_run(tmp_path, data_dir, monkeypatch, when, rate):
     """Stage 3 with the GAN term (model, AdamW, aux Adam, discriminator and its Adam, lambda
-    annealing, cosine lr) is stopped after step 2, then resumed in its folder: the final weights and
-    every logged loss equal those of the run that was never stopped."""
+    annealing or steering to a target bpp, cosine lr) is stopped after step 2, then resumed in its
+    folder: the final weights and every logged loss equal those of the run that was never stopped."""
     every = 1 if when == "after-checkpoint" else 2
     stage = stage_from_toml(tmp_path, data_dir, STAGES["anneal-gan"], steps=4, checkpoint_every=every, rate_weight=0.5)
-    stage = dataclasses.replace(stage, rate_weight_end=4.0)
+    if rate == "annealed":
+        stage = dataclasses.replace(stage, rate_weight_end=4.0)
+    else:  # lambda is state, not a function of the step: it must come back from the checkpoint
+        stage = dataclasses.replace(stage, target_bpp=1e-6, rate_gain=0.1)
     full = Trainer(stage, tmp_path / "full", progress=False).run()
 
     if when == "after-checkpoint":
@@ -449,7 +476,9 @@ def _free_port() -> int:
 
 def test_two_process_ddp_keeps_ranks_identical(tmp_path, data_dir):
     stage_file = tmp_path / "stage.toml"
-    stage_file.write_text(f'{STAGES["anneal-gan"]}\n{COMMON}\ndata = "{data_dir.as_posix()}"\n')
+    # With a target bpp: lambda follows the ranks' mean rate, so it must agree across ranks too.
+    body = STAGES["anneal-gan"] + "target_bpp = 0.05\nrate_gain = 0.05\n"
+    stage_file.write_text(f'{body}\n{COMMON}\ndata = "{data_dir.as_posix()}"\n')
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -495,6 +524,8 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path, data_dir):
     assert any(k.startswith("disc.") for k in final[0])
     differ = [k for k in final[0] if not torch.equal(final[0][k], final[1][k])]
     assert not differ, f"ranks disagree after training: {differ[:5]}"
+    lam = [float(Path(f"{prefix}-rank{r}-lambda.txt").read_text()) for r in range(2)]
+    assert lam[0] == lam[1] and lam[0] != 4.0  # steered (from 4.0) by the same mean rate
     assert all(torch.equal(init[0][k], init[1][k]) for k in init[0])
     moved = [k for k in final[0] if not torch.equal(init[0][k], final[0][k])]
     assert any(k.startswith("model.codec.entropy_bottleneck.quantiles") for k in moved)

@@ -149,6 +149,9 @@ class AutoencoderConfig:
     norm_num_groups: int = 32
     scaling_factor: float = 0.18215
     sample_size: int = 768
+    # Self-attention in the mid block (SD's VAE has it). At 1/8 resolution it attends over every
+    # latent pixel: 0.17 s of a 0.43 s small-preset decode at 768x512, so the small preset drops it.
+    mid_block_attention: bool = True
 
     def diffusers_kwargs(self) -> dict:
         n = len(self.block_out_channels)
@@ -163,6 +166,7 @@ class AutoencoderConfig:
             "norm_num_groups": self.norm_num_groups,
             "sample_size": self.sample_size,
             "scaling_factor": self.scaling_factor,
+            "mid_block_add_attention": self.mid_block_attention,
             "act_fn": "silu",
         }
 
@@ -186,6 +190,12 @@ class FGMConfig:
     tokens: int = 77
     cond_dim: int = 1024
     train_vit: bool = False  # the paper freezes it; the small preset has no pretrained ViT
+    # The guidance image x_f that the ViT sees. None (paper): D_a decodes the whole y_hat and x_f is
+    # resized to img_size. An int g: D_a decodes y_hat average-pooled to g x g latent cells, a
+    # (16g)^2 preview; the align loss then compares it with the area-downsampled original. The
+    # ViT only ever sees img_size pixels, so the full-resolution D_a is wasted work at decode
+    # time; on the small preset it cost as much as the UNet step (benchmarks/decode_speed.py).
+    guidance_size: int | None = None
 
     @property
     def num_vit_tokens(self) -> int:
@@ -236,7 +246,7 @@ SODEC_PRESETS: dict[str, SodecConfig] = {
             block_out_channels=(64, 128, 128),
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            layers_per_block=1,
+            layers_per_block=2,
             attention_head_dim=(2, 4, 4),
             cross_attention_dim=64,
             norm_num_groups=8,
@@ -249,6 +259,7 @@ SODEC_PRESETS: dict[str, SodecConfig] = {
             norm_num_groups=8,
             scaling_factor=1.0,
             sample_size=256,
+            mid_block_attention=False,
         ),
         fgm=FGMConfig(
             timm_name=None,
@@ -260,6 +271,7 @@ SODEC_PRESETS: dict[str, SodecConfig] = {
             tokens=16,
             cond_dim=64,
             train_vit=True,
+            guidance_size=4,  # D_a renders a 64x64 preview, the ViT's input size
         ),
     ),
     # A few channels everywhere: for tests.

@@ -237,6 +237,18 @@ class _Entry:
     source: str | None  # what load_model was given (name or path), so the run can be redone
 
 
+def decode_with_steps(model: api.Model, data: bytes, steps: int) -> np.ndarray:
+    """Decode ``data`` with ``steps`` UNet steps (1 = SODEC itself); the model is left at 1 step."""
+    module = model.module
+    if steps == 1 and not hasattr(module, "set_decode_steps"):
+        return api.decompress(data, model)  # a plain codec: its decoder has no steps
+    module.set_decode_steps(steps)
+    try:
+        return api.decompress(data, model)
+    finally:
+        module.set_decode_steps(1)
+
+
 def _split(codecs: Sequence[str | os.PathLike[str] | api.Model]) -> tuple[list[_Entry], list[str]]:
     models: list[_Entry] = []
     classical: list[str] = []
@@ -266,6 +278,7 @@ def evaluate(
     device: str = "cpu",
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
+    decode_steps: Sequence[int] = (),
 ) -> EvaluationResult:
     """Evaluate sodec models (names, checkpoint paths or loaded :class:`~sodec.api.Model`) and
     classical codecs (names in ``codecs`` or ``baseline_codecs``) on every image under ``data_dir``.
@@ -273,6 +286,10 @@ def evaluate(
     Classical codecs are matched, image by image, to each sodec model's file size, and also run
     at each fixed ``baseline_bpp``. ``device`` is where metric networks run; codecs run where
     :mod:`sodec.api` runs them (CPU).
+
+    ``decode_steps``: for every diffusion model (one with ``set_decode_steps``), also decode the
+    same files with that many DDIM steps of the same UNet: the multi-step decoder that one-step
+    SODEC replaces (paper Sec. 4; run label ``<model>@<n>step``, same bytes, other pixels).
     """
     models, classical = _split(codecs)
     classical = list(dict.fromkeys([*classical, *baseline_codecs]))
@@ -284,6 +301,10 @@ def evaluate(
         raise UsageError("nothing to evaluate: give at least one model or codec")
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be >= 1, got {limit}")
+    if any(int(n) != n or n < 2 for n in decode_steps):
+        raise UsageError(
+            f"--decode-steps counts must be integers >= 2 (1 is the model itself), got {list(decode_steps)}"
+        )
     if any(not b > 0 for b in baseline_bpp):
         raise UsageError(f"--baseline-bpp targets must be > 0, got {list(baseline_bpp)}")
     root = Path(data_dir)
@@ -321,6 +342,15 @@ def evaluate(
         )
         for e in models
     ]
+    multistep: list[tuple[CodecRun, _Entry, CodecRun, int]] = []
+    for e, mr in zip(models, model_runs, strict=True):
+        if not hasattr(e.model.module, "set_decode_steps"):
+            if decode_steps:
+                say(f"note: {e.label} has no diffusion decoder: no multi-step runs")
+            continue
+        for n in dict.fromkeys(int(n) for n in decode_steps):
+            run = CodecRun(f"{e.label}@{n}step", e.label, "sodec", {**mr.settings, "decode_steps": n})
+            multistep.append((add_run(run), e, mr, n))
     matched = [
         (
             add_run(CodecRun(f"{c}@{mr.label}", c, "classical", baselines.CODECS[c].settings(), matched_to=mr.label)),
@@ -376,6 +406,11 @@ def evaluate(
             out, dec_s = _timed(lambda m=e.model, d=data: api.decompress(d, m))
             rec = measure(run, image, out, dict(file=rel, bytes=len(data), encode_s=enc_s, decode_s=dec_s))
             say(f"[{i + 1}/{len(files)}] {rel} {run.label}: {rec.bpp:.4f} bpp")
+            for ms_run, _, _, n in (m for m in multistep if m[1] is e):
+                # The same file, decoded by n steps of the same networks.
+                out, dec_s = _timed(lambda m=e.model, d=data, n=n: decode_with_steps(m, d, n))
+                measure(ms_run, image, out, dict(file=rel, bytes=len(data), encode_s=enc_s, decode_s=dec_s))
+                say(f"[{i + 1}/{len(files)}] {rel} {ms_run.label}: decoded in {dec_s:.2f} s")
         for run, mr in matched:
             rec = run_classical(run, rel, image, mr.images[-1].bpp)
             say(f"[{i + 1}/{len(files)}] {rel} {run.label}: {rec.bpp:.4f} bpp (q {rec.quality})")

@@ -95,7 +95,10 @@ def distortion_terms(
             # SODEC's L_align = MSE(x, x_f): keeps the fidelity decoder's image faithful (Sec. 3.4).
             if x_fidelity is None:
                 raise ValueError("the align loss needs a model with a fidelity decoder")
-            out[name] = mse255(x_fidelity, x)
+            # A pooled-latent preview (FGMConfig.guidance_size) is compared with the original
+            # averaged over the same cells.
+            target = x if x_fidelity.shape == x.shape else F.adaptive_avg_pool2d(x, x_fidelity.shape[-2:])
+            out[name] = mse255(x_fidelity, target)
         elif name in ("dists", "lpips_alex", "lpips_vgg"):
             v = perceptual(name, x_hat, x) if perceptual is not None else None
             if v is not None:

@@ -3,6 +3,7 @@
     sodec evaluate --model NAME [--model NAME2 ...] --data DIR [--out results.json]
                    [--baselines jpeg,webp,avif,jxl] [--baseline-bpp 0.1,0.2]
                    [--weights-dir DIR] [--inception FILE] [--limit N] [--device cpu]
+                   [--decode-steps 50]
 
 A thin layer over :func:`sodec.evaluation.evaluate`: prints the aggregate table, writes the full
 per-image JSON (read by scripts/make_results.py).
@@ -28,6 +29,13 @@ def _floats(text: str) -> list[float]:
         return [float(t) for t in _csv(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         device=args.device,
         progress=say,
+        decode_steps=args.decode_steps,
     )
     write_atomic(out, (json.dumps(result.to_json(), indent=1) + "\n").encode())
     if not args.quiet:
@@ -99,6 +108,13 @@ def add_parser(sub: argparse._SubParsersAction, common: Callable[[argparse.Argum
         help="pytorch-fid pt_inception-2015-12-05-6726825d.pth for FID/KID (else looked for in the weights dir)",
     )
     p.add_argument("--limit", type=int, help="only the first N images (sorted by path)")
+    p.add_argument(
+        "--decode-steps",
+        type=_ints,
+        default=[],
+        help="also decode each diffusion model's files with N DDIM steps of the same UNet (e.g. 50): "
+        "the multi-step decoder one-step SODEC replaces",
+    )
     p.add_argument("--device", default="cpu", help="where the metric networks run (codecs run on CPU)")
     common(p)
     p.set_defaults(func=run)

@@ -4,6 +4,7 @@ Encode: the codec (vae_codec.py) writes y_hat and z_hat. Decode::
 
     bytes ─▶ z_hat ─▶ w = H_s(z_hat) ─▶ y_hat
     y_hat ─▶ D_a ─▶ x_f ─▶ FGM (ViT + F_p) ─▶ c_g                          (fidelity_guidance.py)
+      (small preset: D_a decodes y_hat pooled to the ViT's input size; FGMConfig.guidance_size)
     (y_hat, w) ─▶ T_s ─▶ y_t ─▶ UNet(y_t, t=999, c_g) ─▶ y_0 ─▶ D_m ─▶ x_hat  (transform.py, one_step.py)
 
 Large images decode tile by tile (sodec.tiling). ``set_decode_steps(n)`` swaps the single step
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import SodecConfig
@@ -168,9 +170,20 @@ class SodecModel(nn.Module):
         y_hat, w, likelihoods = self.codec.encode_latents(x)
         if objective == "codec":
             return SodecOutput(self.codec.g_s(y_hat), y_hat, likelihoods)
-        x_f = self.fidelity_decoder(y_hat)
+        x_f = self.guidance_image(y_hat)
         x_hat = self.decode_latent(y_hat, w, x_f)
         return SodecOutput(x_hat, y_hat, likelihoods, x_f)
+
+    def guidance_image(self, y_hat: Tensor) -> Tensor:
+        """x_f, the fidelity decoder's image that the FGM encodes (paper Sec. 3.3).
+
+        Full size (B, 3, 16h, 16w) as in the paper, or, with ``fgm.guidance_size`` = g, D_a applied
+        to y_hat average-pooled to g x g cells: a (B, 3, 16g, 16g) preview at the ViT's input size.
+        """
+        g = self.cfg.fgm.guidance_size
+        if g is None:
+            return self.fidelity_decoder(y_hat)
+        return self.fidelity_decoder(F.adaptive_avg_pool2d(y_hat, (g, g)))
 
     def decode_latent(self, y_hat: Tensor, w: Tensor, x_f: Tensor | None = None, c_g: Tensor | None = None) -> Tensor:
         """(y_hat, w) -> x_hat (B, 3, 16h, 16w); the decode path of Fig. 2 after entropy decoding.
@@ -179,7 +192,7 @@ class SodecModel(nn.Module):
         """
         if c_g is None:
             if x_f is None:
-                x_f = self.fidelity_decoder(y_hat)
+                x_f = self.guidance_image(y_hat)
             c_g = self.fgm(x_f.clamp(0, 1))
         y_t = self.transform(y_hat, w)
         if self.decode_steps == 1:
@@ -210,7 +223,10 @@ class SodecModel(nn.Module):
         with deterministic_attention():
             if max(y_hat.shape[-2:]) <= tile:
                 return self.decode_latent(y_hat, w).clamp(0, 1)
-            x_f = tiled_decode(lambda y: self.fidelity_decoder(y).clamp(0, 1), (y_hat,), 16, tile, overlap)
+            if self.cfg.fgm.guidance_size is None:
+                x_f = tiled_decode(lambda y: self.fidelity_decoder(y).clamp(0, 1), (y_hat,), 16, tile, overlap)
+            else:  # a fixed-size preview of the whole image: no tiles needed
+                x_f = self.guidance_image(y_hat).clamp(0, 1)
             c_g = self.fgm(x_f)
             del x_f
             return tiled_decode(

@@ -45,6 +45,10 @@ class StageConfig:
     rate_weight: float = 0.0
     rate_weight_end: float | None = None
     anneal: str = "log"  # "linear" or "log" interpolation of lambda over the stage's steps
+    # Instead of a lambda schedule, a rate target: lambda starts at rate_weight and is steered
+    # each step toward the bpp the stage asks for (see Trainer.update_rate_weight).
+    target_bpp: float | None = None
+    rate_gain: float = 0.01  # log-lambda change per step per unit log(bpp / target), clipped
     lr: float = 1e-4
     lr_schedule: str = "cosine"  # "constant" or "cosine" (to lr/10 at the end)
     warmup_steps: int = 0
@@ -79,11 +83,20 @@ class StageConfig:
             raise ValueError(f"stage {self.name!r}: objective {self.objective!r} cannot use losses {sorted(unusable)}")
         if self.anneal not in ("linear", "log") or self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"stage {self.name!r}: anneal is linear|log, lr_schedule constant|cosine")
+        if self.target_bpp is not None and not (
+            self.target_bpp > 0 and self.rate_weight > 0 and self.rate_weight_end is None and self.rate_gain > 0
+        ):
+            raise ValueError(
+                f"stage {self.name!r}: target_bpp > 0 needs a starting rate_weight > 0, rate_gain > 0 and no rate_weight_end"
+            )
         if self.steps < 1 or self.batch_size < 1 or self.crop < 64 or self.crop % 64:
             raise ValueError(f"stage {self.name!r}: steps, batch_size >= 1 and crop a multiple of 64")
 
     def rate_weight_at(self, step: int) -> float:
-        """lambda for ``step`` (0-based): the annealing schedule of paper Sec. 3.4."""
+        """lambda for ``step`` (0-based): the annealing schedule of paper Sec. 3.4.
+
+        With ``target_bpp`` this is only the starting value; the trainer steers lambda from there.
+        """
         end = self.rate_weight if self.rate_weight_end is None else self.rate_weight_end
         t = min(1.0, step / max(1, self.steps - 1))
         if t >= 1.0:

@@ -229,6 +229,7 @@ class Trainer:
         # Validation codes real files, which says nothing while only the VAE trains.
         self.val_files = held[: stage.val_images] if stage.objective != "vae" else []
         self.step = 0
+        self.rate_weight = stage.rate_weight_at(0)  # lambda; steered when the stage has a target_bpp
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -240,7 +241,7 @@ class Trainer:
         if self.rank != 0:
             return
         tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        meta: dict[str, Any] = {"step": self.step, "stage": self.stage.to_json()}
+        meta: dict[str, Any] = {"step": self.step, "stage": self.stage.to_json(), "rate_weight": self.rate_weight}
         for prefix, opt in (("opt", self.opt), ("aux", self.aux_opt), ("dopt", self.disc_opt)):
             if opt is not None:
                 t, m = _flatten_optim(prefix, opt)
@@ -272,13 +273,14 @@ class Trainer:
             disc = self.disc.module if hasattr(self.disc, "module") else self.disc
             disc.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("disc.")})
         self.step = int(meta["step"])
+        self.rate_weight = float(meta.get("rate_weight", self.stage.rate_weight_at(self.step)))
         return True
 
     # -- one step -------------------------------------------------------------------------------
 
     def train_step(self, x: torch.Tensor) -> dict[str, float]:
         stage = self.stage
-        lam = stage.rate_weight_at(self.step)
+        lam = self.rate_weight if stage.target_bpp is not None else stage.rate_weight_at(self.step)
         lr = _lr_at(stage, self.step)
         if self.opt is not None:
             for g in self.opt.param_groups:
@@ -319,7 +321,26 @@ class Trainer:
             terms["aux"] = aux_loss.detach()
         rec = {k: float(v.detach()) for k, v in terms.items()}
         rec.update(loss=float(loss.detach()), bpp_est=float(rate.detach()), rate_weight=lam, lr=lr)
+        if stage.target_bpp is not None:
+            self.rate_weight = self.update_rate_weight(rate.detach())
         return rec
+
+    def update_rate_weight(self, rate: torch.Tensor) -> float:
+        """Steer lambda toward ``target_bpp`` (a rate target instead of a lambda schedule).
+
+        log lambda moves by ``rate_gain * clip(log(bpp / target), -1, 1)`` per step: up while the
+        batch's estimated rate is above the target, down below it. The gain averages the noisy
+        per-batch rate over ~1/gain steps. Every DDP rank uses the mean rate of all ranks, so
+        lambda (and the weights) stay identical across ranks; lambda is saved with the train state,
+        so resume continues from the same value.
+        """
+        r = rate.detach().double().reshape(1).clone()
+        if self.world > 1:
+            dist.all_reduce(r)
+            r /= self.world
+        target = float(self.stage.target_bpp)  # type: ignore[arg-type]
+        err = max(-1.0, min(1.0, math.log(max(float(r), 1e-9) / target)))
+        return float(self.rate_weight * math.exp(self.stage.rate_gain * err))
 
     # -- validation -----------------------------------------------------------------------------
 
