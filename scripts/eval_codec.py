@@ -75,24 +75,32 @@ def main(argv: list[str] | None = None) -> int:
         lpips_net, lpips_note = lpips_model("alex", a.weights_dir), "LPIPS-Alex v0.1"
     except SodecError as e:
         lpips_net, lpips_note = None, f"LPIPS missing: {e}"
-    lines = [
+    head = [
         f"{len(files)} images from `{Path(a.data).name}`, whole images, bpp from the .sodec bytes; "
-        f"{torch.get_num_threads()} CPU threads; {lpips_note}. Command: `python scripts/eval_codec.py`",
+        f"{torch.get_num_threads()} CPU threads; {lpips_note}. Command: `python scripts/eval_codec.py`. "
+        "Sorted by bpp, so each SODEC model sits next to the plain codec at a similar rate.",
         "",
-        "| model | mean bpp (file bytes) | PSNR dB | MS-SSIM | LPIPS-Alex | encode s | decode s |",
-        "|---|---|---|---|---|---|---|",
+        "| model | kind | mean bpp (file bytes) | PSNR dB | MS-SSIM | LPIPS-Alex | encode s | decode s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    print("\n".join(lines))
+    rows = []
     for name in names:
         r = evaluate(name, files, lpips_net)
         results.append(r)
         m = r["mean"]
         lp = "missing" if m["lpips_alex"] is None else f"{m['lpips_alex']:.4f}"
-        lines.append(
-            f"| {name} | {m['bpp']:.4f} | {m['psnr']:.2f} | {m['ms_ssim']:.4f} | {lp} | {m['encode_s']:.2f} | {m['decode_s']:.2f} |"
+        kind = api.load_model(name).kind
+        rows.append(
+            (
+                m["bpp"],
+                f"| {name} | {kind} | {m['bpp']:.4f} | {m['psnr']:.2f} | {m['ms_ssim']:.4f} | {lp} "
+                f"| {m['encode_s']:.2f} | {m['decode_s']:.2f} |",
+            )
         )
-        print(lines[-1])
-        sys.stdout.flush()
+        print(rows[-1][1], file=sys.stderr, flush=True)  # progress; the sorted table follows
+    lines = head + [row for _, row in sorted(rows)]
+    print("\n".join(lines))
+    sys.stdout.flush()
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
     if a.readme:

@@ -55,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     run_stage = Path(a.checkpoint).parent / "stage.json"
     if run_stage.is_file():
         train_meta = json.loads(run_stage.read_text())
+    final_lambda = None
+    train_state = Path(a.checkpoint).parent / "train_state.safetensors"
+    if train_state.is_file():  # lambda where the run ended (steered runs: not in the stage file)
+        from safetensors import safe_open
+
+        with safe_open(str(train_state), framework="pt") as f:
+            final_lambda = json.loads(f.metadata()["sodec.train"]).get("rate_weight")
     reg["models"].append(
         {
             "name": a.name,
@@ -64,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             "file": dest.name,
             "sha256": sha,
             "description": a.description,
-            "rate_weight": train_meta.get("rate_weight_end") or train_meta.get("rate_weight"),
+            "rate_weight": final_lambda or train_meta.get("rate_weight_end") or train_meta.get("rate_weight"),
+            "target_bpp": train_meta.get("target_bpp"),
             "kodak_bpp": a.kodak_bpp,
         }
     )

@@ -137,3 +137,30 @@ def test_shipped_codec_on_kodak_image():
         psnr = 10 * np.log10(255**2 / mse)
         assert psnr > 18, (e.name, psnr)  # a trained codec, not noise
         assert 0.01 < 8 * len(data) / img[..., 0].size < 2.0
+
+
+@pytest.mark.parametrize("name", ["tiny", "shipped"])
+def test_training_reports_the_bits_the_entropy_coder_writes(tiny, name):
+    """encode_latents in training records coded_bits: the rounded latents' bits under the model's
+    own entropy model, which the rate target steers by. They must match the real streams (the
+    noisy-proxy likelihoods need not: at low rates they overestimate by tens of percent)."""
+    if name == "tiny":
+        codec = tiny.codec
+    else:
+        if not registry.models():
+            pytest.skip("no shipped models")
+        codec = api.load_model(next(e.name for e in registry.models() if e.kind == "codec")).module.float()
+    x = torch.from_numpy(random_image(128, 192, seed=7)).permute(2, 0, 1)[None].float() / 255
+    codec.eval()
+    streams = codec.compress(x)
+    real = 8 * (len(streams.y) + len(streams.z))
+    codec.train()
+    try:
+        codec.coded_bits = None
+        with torch.no_grad():
+            codec.encode_latents(x)
+    finally:
+        codec.eval()
+    assert codec.coded_bits is not None
+    # rANS adds some bytes per stream (flush, bypass-coded tails) on top of the ideal bits
+    assert abs(float(codec.coded_bits) - real) <= 0.03 * real + 8 * 32, (float(codec.coded_bits), real)

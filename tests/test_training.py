@@ -389,7 +389,7 @@ def test_target_bpp_steers_lambda_toward_the_rate(tmp_path, data_dir):
         lam = [float(r["rate_weight"]) for r in rows]
         assert lam[0] == pytest.approx(stage.rate_weight)
         for prev, r, nxt in zip(lam, rows, lam[1:], strict=False):
-            err = max(-1.0, min(1.0, math.log(max(float(r["bpp_est"]), 1e-9) / target)))
+            err = max(-1.0, min(1.0, math.log(max(float(r["bpp_coded"]), 1e-9) / target)))
             assert err == direction  # far from the target: the clipped step
             assert nxt == pytest.approx(prev * math.exp(0.05 * err), rel=1e-5)
 

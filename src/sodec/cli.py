@@ -122,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.stages import load_schedule, load_stage
     from .training.trainer import run_schedule, run_stage
 
-    overrides = {"steps": args.steps, "rate_weight": args.rate_weight, "data": args.data}
+    overrides = {"steps": args.steps, "rate_weight": args.rate_weight, "target_bpp": args.target_bpp, "data": args.data}
     out = args.out or str(Path("runs") / Path(args.config).stem)
     kw = {"resume": not args.restart, "weights_dir": args.weights_dir, "progress": not args.quiet}
     try:
@@ -192,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder (default runs/<config name>)")
     t.add_argument("--steps", type=int, help="override steps")
     t.add_argument("--rate-weight", type=float, help="override the rate weight lambda")
+    t.add_argument("--target-bpp", type=float, help="override the stage's rate target (lambda is steered to it)")
     t.add_argument("--data", help="override the training image folder")
     t.add_argument("--weights-dir", help="folder with LPIPS/DISTS backbone weights (else $SODEC_WEIGHTS_DIR)")
     t.add_argument("--restart", action="store_true", help="ignore an existing train_state and start over")

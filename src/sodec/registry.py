@@ -25,7 +25,8 @@ class ModelEntry:
     file: str  # weights file name inside sodec/weights/
     sha256: str
     description: str = ""
-    rate_weight: float | None = None  # lambda it was trained at
+    rate_weight: float | None = None  # lambda it was trained at (where a steered run ended)
+    target_bpp: float | None = None  # the rate target its last stage was steered to, if any
     kodak_bpp: float | None = None  # measured by scripts/eval_codec.py (bytes written)
 
     @property

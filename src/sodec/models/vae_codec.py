@@ -180,6 +180,7 @@ class VAECodec(CompressionModel):
 
     def __init__(self, cfg: CodecConfig) -> None:
         super().__init__()
+        self.coded_bits: Tensor | None = None  # set by encode_latents in training
         self.cfg = cfg
         self.g_a = analysis_transform(cfg)
         self.g_s = synthesis_transform(cfg)
@@ -220,6 +221,14 @@ class VAECodec(CompressionModel):
         # learns on is what it will get from the bitstream; the rate uses the noisy proxy.
         y_round = self.gaussian_conditional.quantize(y, "dequantize", means)
         y_hat = y + (y_round - y).detach() if self.training else y_round
+        if self.training:
+            # What the entropy coder would spend on these latents (rounded symbols, not the
+            # noisy proxy): a rate target is steered by this, since the proxy can be far off
+            # at low rates. No gradient; it rides along for the trainer to read.
+            with torch.no_grad():
+                _, y_lh = self.gaussian_conditional(y, scales, means=means, training=False)
+                _, z_lh = self.entropy_bottleneck(z, training=False)
+                self.coded_bits = -(torch.log2(y_lh).sum() + torch.log2(z_lh).sum())
         return y_hat, w, {"y": y_likelihoods, "z": z_likelihoods}
 
     def forward(self, x: Tensor) -> CodecOutput:

@@ -46,7 +46,8 @@ class StageConfig:
     rate_weight_end: float | None = None
     anneal: str = "log"  # "linear" or "log" interpolation of lambda over the stage's steps
     # Instead of a lambda schedule, a rate target: lambda starts at rate_weight and is steered
-    # each step toward the bpp the stage asks for (see Trainer.update_rate_weight).
+    # each step toward the coded bpp the stage asks for, on its training crops (see
+    # Trainer.update_rate_weight).
     target_bpp: float | None = None
     rate_gain: float = 0.01  # log-lambda change per step per unit log(bpp / target), clipped
     lr: float = 1e-4

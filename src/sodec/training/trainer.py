@@ -285,8 +285,12 @@ class Trainer:
         if self.opt is not None:
             for g in self.opt.param_groups:
                 g["lr"] = lr
+        codec = self.model if self.kind == "codec" else self.model.codec  # type: ignore[union-attr]
+        codec.coded_bits = None
         out = self.ddp(x) if self.kind == "codec" else self.ddp(x, objective=stage.objective)
         n_pix = x.size(0) * x.size(2) * x.size(3)
+        # bits of the rounded latents (what entropy coding spends) when the codec ran
+        coded = None if codec.coded_bits is None else codec.coded_bits / n_pix
         # No likelihoods while only the VAE trains: the rate term is then zero.
         rate = bpp(out.likelihoods, n_pix) if out.likelihoods else x.new_zeros(())
         terms = distortion_terms(stage.losses, x, out.x_hat, getattr(out, "x_fidelity", None), self.perceptual)
@@ -321,15 +325,20 @@ class Trainer:
             terms["aux"] = aux_loss.detach()
         rec = {k: float(v.detach()) for k, v in terms.items()}
         rec.update(loss=float(loss.detach()), bpp_est=float(rate.detach()), rate_weight=lam, lr=lr)
+        if coded is not None:
+            rec["bpp_coded"] = float(coded)
         if stage.target_bpp is not None:
-            self.rate_weight = self.update_rate_weight(rate.detach())
+            # Steered by the coded rate: the noisy proxy can be off by 2x at low rates.
+            self.rate_weight = self.update_rate_weight(coded if coded is not None else rate.detach())
         return rec
 
     def update_rate_weight(self, rate: torch.Tensor) -> float:
         """Steer lambda toward ``target_bpp`` (a rate target instead of a lambda schedule).
 
         log lambda moves by ``rate_gain * clip(log(bpp / target), -1, 1)`` per step: up while the
-        batch's estimated rate is above the target, down below it. The gain averages the noisy
+        batch's coded rate (bits of the rounded latents under the model's own entropy model,
+        i.e. what the entropy coder writes, less the container header) is above the target, down
+        below it. The gain averages the noisy
         per-batch rate over ~1/gain steps. Every DDP rank uses the mean rate of all ranks, so
         lambda (and the weights) stay identical across ranks; lambda is saved with the train state,
         so resume continues from the same value.
