@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import os
 import socket
@@ -394,12 +395,30 @@ def test_target_bpp_steers_lambda_toward_the_rate(tmp_path, data_dir):
             assert nxt == pytest.approx(prev * math.exp(0.05 * err), rel=1e-5)
 
 
+def test_target_bpp_on_the_holdout_images(tmp_path, data_dir):
+    """rate_control = holdout: lambda moves only every rate_every steps, by the whole held-out
+    images' coded rate, one update standing for rate_every steps."""
+    body = STAGES["anneal"].replace("rate_weight_end = 4.0", "")
+    for target, direction in ((1e-6, 1), (1e3, -1)):
+        stage = stage_from_toml(tmp_path, data_dir, body, steps=5, holdout=0.4, val_images=2)
+        stage = dataclasses.replace(stage, target_bpp=target, rate_gain=0.05, rate_control="holdout", rate_every=2)
+        tr = Trainer(stage, tmp_path / f"hold-{direction}", progress=False)
+        big = [f for f in tr.val_files if min(Image.open(f).size) >= 64]  # whole, cropped to x64
+        assert len(tr.rate_images) == len(big) >= 1
+        rows = read_log(tr.run().run_dir)
+        lam = [float(r["rate_weight"]) for r in rows]
+        measured = [math.isfinite(float(r["bpp_holdout"])) for r in rows]
+        assert measured == [False, True, False, True, False]
+        f = math.exp(0.05 * 2 * direction)
+        assert lam == pytest.approx([lam[0], lam[0], lam[0] * f, lam[0] * f, lam[0] * f * f], rel=1e-6)
+
+
 @pytest.mark.parametrize(
     "fields",
-    [{"target_bpp": 0.1, "rate_weight": 0.0}, {"target_bpp": 0.1, "rate_weight_end": 5.0}, {"target_bpp": -1.0}],
+    [{"rate_control": "holdout", "target_bpp": 0.1, "holdout": 0.0}, {"target_bpp": 0.1, "rate_weight": 0.0}, {"target_bpp": 0.1, "rate_weight_end": 5.0}, {"target_bpp": -1.0}],
 )
 def test_a_target_bpp_needs_a_start_and_no_schedule(fields):
-    with pytest.raises(ValueError, match="target_bpp"):
+    with pytest.raises(ValueError, match="target_bpp|holdout"):
         StageConfig(**{"name": "s", "preset": "codec:tiny", "rate_weight": 1.0, **fields})
 
 
@@ -699,3 +718,17 @@ def _find(crop: np.ndarray, img: np.ndarray) -> bool:
         for t in range(ph - c + 1)
         for left in range(pw - c + 1)
     )
+
+
+def test_a_run_made_before_a_stage_option_existed_still_matches():
+    """Fields added to StageConfig later count as their defaults when a saved run lacks them;
+    any real difference still counts."""
+    from sodec.training.trainer import same_stage
+
+    s = StageConfig(name="s", preset="codec:tiny", rate_weight=2.0)
+    old = json.loads(s.to_json())
+    del old["rate_control"], old["rate_every"], old["target_bpp"]
+    assert same_stage(json.dumps(old), s)
+    assert not same_stage(json.dumps({**old, "lr": 5e-4}), s)
+    assert not same_stage(json.dumps({**old, "no_such_option": 1}), s)
+    assert not same_stage("not json at all", s)

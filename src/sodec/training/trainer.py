@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..checkpoint import atomic_write_via, build_model, load_checkpoint, save_checkpoint
+from ..config import from_dict
 from ..data import CropSampler, list_images, load_rgb, split_holdout
 from ..losses import PerceptualLosses, bpp, distortion_terms
 from .stages import StageConfig
@@ -171,6 +172,15 @@ def _drop_rows_after(path: Path, step: int) -> None:
         atomic_write_via(path, write)
 
 
+def same_stage(saved: str, stage: StageConfig) -> bool:
+    """Whether a run folder's stage (its JSON) is ``stage``. Fields a newer sodec added, absent
+    from the saved JSON, count as their defaults: a run is not orphaned by a new option."""
+    try:
+        return from_dict(StageConfig, json.loads(saved)) == stage
+    except (ValueError, TypeError):
+        return False
+
+
 class Trainer:
     """Runs one stage; ``run()`` resumes from ``train_state.safetensors`` when present."""
 
@@ -228,6 +238,16 @@ class Trainer:
         self.sampler = CropSampler(train_files, stage.crop, stage.seed)
         # Validation codes real files, which says nothing while only the VAE trains.
         self.val_files = held[: stage.val_images] if stage.objective != "vae" else []
+        self.rate_images: list[torch.Tensor] = []
+        if stage.target_bpp is not None and stage.rate_control == "holdout":
+            for f in self.val_files:
+                img = load_rgb(f)
+                h, w = img.shape[0] // 64 * 64, img.shape[1] // 64 * 64  # whole, no padding
+                if h and w:
+                    t = torch.from_numpy(np.ascontiguousarray(img[:h, :w])).permute(2, 0, 1)[None]
+                    self.rate_images.append(t.float().div(255).to(self.device))  # (1, 3, h, w)
+            if not self.rate_images:
+                raise ValueError(f"stage {stage.name!r}: no held-out image of 64 px or more to measure the rate on")
         self.step = 0
         self.rate_weight = stage.rate_weight_at(0)  # lambda; steered when the stage has a target_bpp
 
@@ -262,7 +282,7 @@ class Trainer:
         with safe_open(str(self.state_path), framework="pt") as f:
             meta = json.loads(f.metadata()["sodec.train"])
         tensors = load_file(str(self.state_path))
-        if json.loads(meta["stage"]) != json.loads(self.stage.to_json()):
+        if not same_stage(meta["stage"], self.stage):
             raise ValueError(f"{self.state_path} was written by a different stage config; use a new run folder")
         model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(model_sd, strict=True)
@@ -327,12 +347,28 @@ class Trainer:
         rec.update(loss=float(loss.detach()), bpp_est=float(rate.detach()), rate_weight=lam, lr=lr)
         if coded is not None:
             rec["bpp_coded"] = float(coded)
-        if stage.target_bpp is not None:
+        if stage.target_bpp is not None and stage.rate_control == "crops":
             # Steered by the coded rate: the noisy proxy can be off by 2x at low rates.
             self.rate_weight = self.update_rate_weight(coded if coded is not None else rate.detach())
+        elif stage.target_bpp is not None:
+            rec["bpp_holdout"] = float("nan")  # a column in every row; measured every rate_every steps
+            if (self.step + 1) % stage.rate_every == 0:
+                rec["bpp_holdout"] = self.holdout_coded_bpp()
+                self.rate_weight = self.update_rate_weight(torch.tensor(rec["bpp_holdout"]), steps=stage.rate_every)
         return rec
 
-    def update_rate_weight(self, rate: torch.Tensor) -> float:
+    def holdout_coded_bpp(self) -> float:
+        """Coded bpp of the held-out images, whole (rate_control = "holdout"), header excluded."""
+        codec = self.model if self.kind == "codec" else self.model.codec  # type: ignore[union-attr]
+        bits = pixels = 0.0
+        with torch.no_grad():
+            for x in self.rate_images:
+                codec.encode_latents(x)  # in training mode: records coded_bits
+                bits += float(codec.coded_bits)  # type: ignore[arg-type]
+                pixels += x.shape[-2] * x.shape[-1]
+        return bits / pixels
+
+    def update_rate_weight(self, rate: torch.Tensor, steps: int = 1) -> float:
         """Steer lambda toward ``target_bpp`` (a rate target instead of a lambda schedule).
 
         log lambda moves by ``rate_gain * clip(log(bpp / target), -1, 1)`` per step: up while the
@@ -341,7 +377,8 @@ class Trainer:
         below it. The gain averages the noisy
         per-batch rate over ~1/gain steps. Every DDP rank uses the mean rate of all ranks, so
         lambda (and the weights) stay identical across ranks; lambda is saved with the train state,
-        so resume continues from the same value.
+        so resume continues from the same value. With rate_control = "holdout" the rate is that of
+        the held-out images, measured every ``rate_every`` steps, and one update covers them all.
         """
         r = rate.detach().double().reshape(1).clone()
         if self.world > 1:
@@ -349,7 +386,7 @@ class Trainer:
             r /= self.world
         target = float(self.stage.target_bpp)  # type: ignore[arg-type]
         err = max(-1.0, min(1.0, math.log(max(float(r), 1e-9) / target)))
-        return float(self.rate_weight * math.exp(self.stage.rate_gain * err))
+        return float(self.rate_weight * math.exp(self.stage.rate_gain * steps * err))
 
     # -- validation -----------------------------------------------------------------------------
 
@@ -480,7 +517,7 @@ def run_schedule(stages: list[StageConfig], run_dir: str | Path, **kw: Any) -> l
                 meta = json.loads(f.metadata()["sodec.train"])
             # Only when it is the same stage: an edited one goes on to run_stage, which refuses
             # the folder (a different stage config) instead of silently keeping the old result.
-            if meta["step"] >= stage.steps and json.loads(meta["stage"]) == json.loads(stage.to_json()):
+            if meta["step"] >= stage.steps and same_stage(meta["stage"], stage):
                 previous = done
                 continue
         res = run_stage(stage, sub, previous=previous, **kw)
