@@ -19,14 +19,19 @@ from sodec.tiling import tiled_decode
 TINY = SODEC_PRESETS["tiny"]
 
 
+def saved_model(cfg, seed: int, name: str, tmp_path_factory) -> api.Model:
+    """A random-weight SODEC model of ``cfg``, saved as a checkpoint and loaded like a user would."""
+    torch.manual_seed(seed)
+    module = SodecModel(cfg).eval()
+    module.update(force=True)
+    path = tmp_path_factory.mktemp("m") / f"{name}.safetensors"
+    save_checkpoint(path, module, "sodec", cfg, {"sodec.model_id": name})
+    return api.load_model(path)
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> api.Model:
-    torch.manual_seed(1)
-    module = SodecModel(TINY).eval()
-    module.update(force=True)
-    path = tmp_path_factory.mktemp("m") / "sodec-tiny.safetensors"
-    save_checkpoint(path, module, "sodec", TINY, {"sodec.model_id": "sodec-tiny"})
-    return api.load_model(path)
+    return saved_model(TINY, 1, "sodec-tiny", tmp_path_factory)
 
 
 @pytest.mark.parametrize("hw", [(1, 1), (17, 33), (64, 64), (70, 130)])
@@ -288,12 +293,7 @@ PREVIEW = dataclasses.replace(TINY, fgm=dataclasses.replace(TINY.fgm, guidance_s
 
 @pytest.fixture(scope="module")
 def preview_model(tmp_path_factory) -> api.Model:
-    torch.manual_seed(2)
-    module = SodecModel(PREVIEW).eval()
-    module.update(force=True)
-    path = tmp_path_factory.mktemp("m") / "sodec-tiny-preview.safetensors"
-    save_checkpoint(path, module, "sodec", PREVIEW, {"sodec.model_id": "sodec-tiny-preview"})
-    return api.load_model(path)
+    return saved_model(PREVIEW, 2, "sodec-tiny-preview", tmp_path_factory)
 
 
 def test_guidance_preview_has_a_fixed_size_and_steers_the_output(preview_model):
