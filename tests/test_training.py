@@ -415,7 +415,12 @@ def test_target_bpp_on_the_holdout_images(tmp_path, data_dir):
 
 @pytest.mark.parametrize(
     "fields",
-    [{"rate_control": "holdout", "target_bpp": 0.1, "holdout": 0.0}, {"target_bpp": 0.1, "rate_weight": 0.0}, {"target_bpp": 0.1, "rate_weight_end": 5.0}, {"target_bpp": -1.0}],
+    [
+        {"rate_control": "holdout", "target_bpp": 0.1, "holdout": 0.0},
+        {"target_bpp": 0.1, "rate_weight": 0.0},
+        {"target_bpp": 0.1, "rate_weight_end": 5.0},
+        {"target_bpp": -1.0},
+    ],
 )
 def test_a_target_bpp_needs_a_start_and_no_schedule(fields):
     with pytest.raises(ValueError, match=r"target_bpp|holdout"):
