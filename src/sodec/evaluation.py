@@ -342,7 +342,7 @@ def evaluate(
         )
         for e in models
     ]
-    multistep: list[tuple[CodecRun, _Entry, CodecRun, int]] = []
+    multistep: list[tuple[CodecRun, _Entry, int]] = []
     for e, mr in zip(models, model_runs, strict=True):
         if not hasattr(e.model.module, "set_decode_steps"):
             if decode_steps:
@@ -350,7 +350,7 @@ def evaluate(
             continue
         for n in dict.fromkeys(int(n) for n in decode_steps):
             run = CodecRun(f"{e.label}@{n}step", e.label, "sodec", {**mr.settings, "decode_steps": n})
-            multistep.append((add_run(run), e, mr, n))
+            multistep.append((add_run(run), e, n))
     matched = [
         (
             add_run(CodecRun(f"{c}@{mr.label}", c, "classical", baselines.CODECS[c].settings(), matched_to=mr.label)),
@@ -406,7 +406,7 @@ def evaluate(
             out, dec_s = _timed(lambda m=e.model, d=data: api.decompress(d, m))
             rec = measure(run, image, out, dict(file=rel, bytes=len(data), encode_s=enc_s, decode_s=dec_s))
             say(f"[{i + 1}/{len(files)}] {rel} {run.label}: {rec.bpp:.4f} bpp")
-            for ms_run, _, _, n in (m for m in multistep if m[1] is e):
+            for ms_run, _, n in (m for m in multistep if m[1] is e):
                 # The same file, decoded by n steps of the same networks.
                 out, dec_s = _timed(lambda m=e.model, d=data, n=n: decode_with_steps(m, d, n))
                 measure(ms_run, image, out, dict(file=rel, bytes=len(data), encode_s=enc_s, decode_s=dec_s))

@@ -46,7 +46,7 @@ class StageConfig:
     rate_weight_end: float | None = None
     anneal: str = "log"  # "linear" or "log" interpolation of lambda over the stage's steps
     # Instead of a lambda schedule, a rate target: lambda starts at rate_weight and is steered
-    # each step toward the coded bpp the stage asks for, on its training crops (see
+    # toward the coded bpp the stage asks for, measured as rate_control says (see
     # Trainer.update_rate_weight).
     target_bpp: float | None = None
     rate_gain: float = 0.01  # log-lambda change per step per unit log(bpp / target), clipped
@@ -97,8 +97,10 @@ class StageConfig:
             )
         if self.rate_control not in ("crops", "holdout") or self.rate_every < 1:
             raise ValueError(f"stage {self.name!r}: rate_control is crops|holdout, rate_every >= 1")
-        if self.rate_control == "holdout" and self.target_bpp is not None and not (
-            self.holdout > 0 and self.val_images > 0
+        if (
+            self.rate_control == "holdout"
+            and self.target_bpp is not None
+            and not (self.holdout > 0 and self.val_images > 0)
         ):
             raise ValueError(f"stage {self.name!r}: rate_control = holdout needs holdout > 0 and val_images > 0")
         if self.steps < 1 or self.batch_size < 1 or self.crop < 64 or self.crop % 64:

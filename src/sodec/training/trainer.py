@@ -205,6 +205,8 @@ class Trainer:
         # rerun reproduces a run, and every DDP rank builds the same model.
         torch.manual_seed(stage.seed)
         self.model, self.kind = build_stage_model(stage, previous)
+        # The codec inside the model (the model itself for a plain codec).
+        self.codec: nn.Module = self.model if self.kind == "codec" else self.model.codec  # type: ignore[assignment]
         self.model.to(self.device).train()
         self.trainable = select_trainable(self.model, stage.train)
         main = [p for n, p in self.model.named_parameters() if p.requires_grad and not n.endswith("quantiles")]
@@ -217,8 +219,7 @@ class Trainer:
         if "gan" in stage.losses:
             from ..losses import PatchDiscriminator
 
-            codec_cfg = self.model.codec.cfg if self.kind == "sodec" else self.model.cfg  # type: ignore[union-attr]
-            self.disc = PatchDiscriminator(codec_cfg.latent_channels).to(self.device)
+            self.disc = PatchDiscriminator(self.codec.cfg.latent_channels).to(self.device)  # type: ignore[union-attr]
             self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=stage.disc_lr, betas=(0.5, 0.999))
         self.ddp: nn.Module = self.model
         if self.world > 1:
@@ -305,7 +306,7 @@ class Trainer:
         if self.opt is not None:
             for g in self.opt.param_groups:
                 g["lr"] = lr
-        codec = self.model if self.kind == "codec" else self.model.codec  # type: ignore[union-attr]
+        codec = self.codec
         codec.coded_bits = None
         out = self.ddp(x) if self.kind == "codec" else self.ddp(x, objective=stage.objective)
         n_pix = x.size(0) * x.size(2) * x.size(3)
@@ -359,7 +360,7 @@ class Trainer:
 
     def holdout_coded_bpp(self) -> float:
         """Coded bpp of the held-out images, whole (rate_control = "holdout"), header excluded."""
-        codec = self.model if self.kind == "codec" else self.model.codec  # type: ignore[union-attr]
+        codec = self.codec
         bits = pixels = 0.0
         with torch.no_grad():
             for x in self.rate_images:
@@ -374,8 +375,7 @@ class Trainer:
         log lambda moves by ``rate_gain * clip(log(bpp / target), -1, 1)`` per step: up while the
         batch's coded rate (bits of the rounded latents under the model's own entropy model,
         i.e. what the entropy coder writes, less the container header) is above the target, down
-        below it. The gain averages the noisy
-        per-batch rate over ~1/gain steps. Every DDP rank uses the mean rate of all ranks, so
+        below it. The gain averages the noisy per-batch rate over ~1/gain steps. Every DDP rank uses the mean rate of all ranks, so
         lambda (and the weights) stay identical across ranks; lambda is saved with the train state,
         so resume continues from the same value. With rate_control = "holdout" the rate is that of
         the held-out images, measured every ``rate_every`` steps, and one update covers them all.
