@@ -13,14 +13,15 @@ same). Without ``--new-model`` the committed model is reused.
 The valid files code synthetic images built from integers and numpy's PCG64 (no data folder
 needed); the broken ones are each wrong in one named way, mostly *re-sealed* (CRCs recomputed)
 so that the check behind the checksums is what they exercise. Each file's outcome is verified
-here before it is written: "ok" with the sha256 of the decoded pixels, or an error class name.
+here before it is written: "ok" with the CRC-32 of its decoded symbols (which must match
+exactly everywhere) and a reference PNG of its decoded pixels under ``ref/`` (which a decoder
+must match within the tolerance of :mod:`sodec.contract`), or an error class name.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import struct
 import sys
@@ -29,10 +30,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from sodec import api, container, errors
+from sodec import api, container, contract, errors
 from sodec.checkpoint import save_checkpoint
 from sodec.config import CODEC_PRESETS
+from sodec.image_io import png_bytes
 from sodec.models.vae_codec import VAECodec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,11 +70,6 @@ def synthetic(height: int, width: int, seed: int) -> np.ndarray:
     b = ((xx // 16 + yy // 16) % 2) * 160 + 40
     img = np.stack([r, g, b], axis=-1) + rng.integers(-24, 25, (height, width, 3))
     return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def pixels_sha256(image: np.ndarray) -> str:
-    """sha256 of the decoded (H, W, 3) uint8 pixels in row-major RGB order (not of a PNG file)."""
-    return hashlib.sha256(np.ascontiguousarray(image, dtype=np.uint8).tobytes()).hexdigest()
 
 
 def _uv(n: int) -> bytes:
@@ -202,12 +200,12 @@ def build(model: api.Model) -> dict[str, tuple[bytes, str, str]]:
     return files
 
 
-def outcome(data: bytes, model: api.Model) -> tuple[str, str | None]:
+def outcome(data: bytes, model: api.Model) -> tuple[str, np.ndarray | None]:
     try:
         image = api.decompress(data, model)
     except errors.SodecError as e:
         return type(e).__name__, None
-    return "ok", pixels_sha256(image)
+    return "ok", image
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,19 +229,33 @@ def main(argv: list[str] | None = None) -> int:
         "format_version": container.VERSION,
         "model": MODEL_FILE,
         "model_sha256": model.sha256,
-        "pixels_sha256": "sha256 of the decoded (H, W, 3) uint8 RGB pixels, row-major",
+        "symbols_crc": "CRC-32 of the decoded integer symbols (z then y, int32 little-endian): exact everywhere",
+        "reference_png": "the decoded pixels on the machine that wrote these files; a decoder must match them "
+        f"within {contract.MAX_ABS_LEVELS} levels per sample and {contract.MIN_PSNR_DB:.0f} dB PSNR (sodec.contract)",
         "files": {},
     }
     problems: list[str] = []
     files: dict[str, object] = manifest["files"]  # type: ignore[assignment]
     for name, (data, expect, note) in build(model).items():
-        got, digest = outcome(data, model)
+        got, image = outcome(data, model)
         if got != expect:
             problems.append(f"{name}: expected {expect}, got {got}")
         entry: dict[str, object] = {"expect": got, "note": note}
-        if digest is not None:
+        if image is not None:
             h = container.parse_header(data)
-            entry.update(width=h.width, height=h.height, pixels_sha256=digest)
+            ref = f"ref/{Path(name).stem}.png"
+            entry.update(width=h.width, height=h.height, symbols_crc=h.symbols_crc, reference_png=ref)
+            if args.check:
+                on_disk = out / ref
+                if not on_disk.is_file():
+                    problems.append(f"{name}: no reference {on_disk}")
+                else:
+                    diff = contract.compare_pixels(image, np.asarray(Image.open(on_disk).convert("RGB")))
+                    if not diff.conforms:
+                        problems.append(f"{name}: pixels outside the tolerance of {ref}: {diff}")
+            else:
+                (out / "ref").mkdir(parents=True, exist_ok=True)
+                (out / ref).write_bytes(png_bytes(image))
         files[name] = entry
         if args.check:
             on_disk = out / name

@@ -143,3 +143,20 @@ def test_desync_is_refused_not_decoded(model: api.Model) -> None:
             api.decompress(data, model)
     finally:
         del codec.hyper_synthesis
+
+
+def test_shipped_default_pixels_within_contract_across_threads(shipped: api.Model) -> None:
+    """The decoding contract (docs/reliability.md) with the shipped default model: decoding one
+    file at 1, 2 and 4 threads gives the same symbols and pixels within 2 levels and 50 dB."""
+    from sodec import contract
+
+    case = SHARED / "cases" / "photo-65x130.png"
+    image = read_image(case)[0] if case.is_file() else synthetic(130, 65, 7)
+    data = api.compress(shipped, image)
+    decoded = {}
+    for n in THREADS:
+        with num_threads(n):
+            decoded[n] = api.decompress(data, shipped)
+    for n in THREADS[1:]:
+        diff = contract.compare_pixels(decoded[n], decoded[THREADS[0]])
+        assert diff.conforms, f"{n} threads vs {THREADS[0]}: {diff}"

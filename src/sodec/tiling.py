@@ -7,10 +7,27 @@ seams vanish. An image that fits in one tile is decoded in one call, identical t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor
+
+# Who hears of each decoded tile: ``callback(done, total)`` (the CLI's progress bar). Set with
+# ``report_tiles``; a context variable so the decoders' signatures stay as they are.
+_tile_callback: ContextVar[Callable[[int, int], None] | None] = ContextVar("tile_callback", default=None)
+
+
+@contextmanager
+def report_tiles(callback: Callable[[int, int], None]) -> Iterator[None]:
+    """Within the block, every tiled decode calls ``callback(tiles done, tiles total)`` after each
+    tile (one tiled pass after another: SODEC decodes its guidance image, then the image)."""
+    token = _tile_callback.set(callback)
+    try:
+        yield
+    finally:
+        _tile_callback.reset(token)
 
 
 def _starts(n: int, tile: int, stride: int, align: int) -> list[int]:
@@ -56,6 +73,7 @@ def tiled_decode(
     out: Tensor | None = None
     norm = torch.zeros(1, 1, h * scale, w * scale)
     ys, xs = _starts(h, tile, stride, align), _starts(w, tile, stride, align)
+    report, done = _tile_callback.get(), 0
     for y0 in ys:
         for x0 in xs:
             th, tw = min(tile, h - y0), min(tile, w - x0)
@@ -69,5 +87,69 @@ def tiled_decode(
             sy, sx = slice(y0 * scale, (y0 + th) * scale), slice(x0 * scale, (x0 + tw) * scale)
             out[..., sy, sx] += piece * weight
             norm[..., sy, sx] += weight
+            done += 1
+            if report is not None:
+                report(done, len(ys) * len(xs))
     assert out is not None
     return out / norm
+
+
+def tiled_analysis(fn: Callable[[Tensor], Tensor], x: Tensor, stride: int, tile: int, margin: int) -> Tensor:
+    """Apply a strided analysis transform ``fn: (1, 3, H, W) -> (1, C, H/stride, W/stride)`` in tiles.
+
+    The latent grid is cut into ``tile`` x ``tile`` cores; each core is computed from a pixel
+    window that reaches ``margin`` latents (``margin * stride`` px) past it on every side where the
+    image goes on, and only the core is kept. When ``margin * stride`` covers the transform's
+    receptive-field radius, every kept latent sees exactly the pixels it sees in an untiled pass,
+    so the two differ only by floating-point summation order (a stray symbol at a rounding
+    boundary, never a desync: the decoder decodes what was written). Windows start at multiples
+    of ``stride`` px, so every strided layer samples the same positions as in the whole image.
+    An image whose latent fits one tile is transformed in one call, identical to no tiling.
+    Memory is bounded by one window's activations instead of the whole image's.
+    """
+    H, W = x.shape[-2:]
+    if H % stride or W % stride:
+        raise ValueError(f"image size {W}x{H} is not a multiple of the stride {stride}")
+    h, w = H // stride, W // stride
+    if h <= tile and w <= tile:
+        return fn(x)
+    out: Tensor | None = None
+    for y0 in range(0, h, tile):
+        for x0 in range(0, w, tile):
+            th, tw = min(tile, h - y0), min(tile, w - x0)
+            a0, a1 = max(0, y0 - margin), min(h, y0 + th + margin)
+            b0, b1 = max(0, x0 - margin), min(w, x0 + tw + margin)
+            piece = fn(x[..., a0 * stride : a1 * stride, b0 * stride : b1 * stride])  # (1, C, a1-a0, b1-b0)
+            if out is None:
+                out = piece.new_empty(1, piece.size(1), h, w)
+            out[..., y0 : y0 + th, x0 : x0 + tw] = piece[..., y0 - a0 : y0 - a0 + th, x0 - b0 : x0 - b0 + tw]
+    assert out is not None
+    return out
+
+
+def tiled_upsample(fn: Callable[[Tensor], Tensor], z: Tensor, scale: int, tile: int, margin: int) -> Tensor:
+    """Apply an upsampling transform ``fn: (1, C, h, w) -> (1, C', scale*h, scale*w)`` in tiles.
+
+    The dual of :func:`tiled_analysis`: cores of ``tile`` x ``tile`` input cells, each computed
+    from a window reaching ``margin`` cells further, keeping only the core's ``scale``-times larger
+    output. With ``margin`` past ``fn``'s receptive-field radius the result equals an untiled call
+    up to summation order; an input that fits one tile is one call, identical to no tiling.
+    """
+    h, w = z.shape[-2:]
+    if h <= tile and w <= tile:
+        return fn(z)
+    out: Tensor | None = None
+    for y0 in range(0, h, tile):
+        for x0 in range(0, w, tile):
+            th, tw = min(tile, h - y0), min(tile, w - x0)
+            a0, a1 = max(0, y0 - margin), min(h, y0 + th + margin)
+            b0, b1 = max(0, x0 - margin), min(w, x0 + tw + margin)
+            piece = fn(z[..., a0:a1, b0:b1])  # (1, C', scale*(a1-a0), scale*(b1-b0))
+            if out is None:
+                out = piece.new_empty(1, piece.size(1), h * scale, w * scale)
+            oy, ox = (y0 - a0) * scale, (x0 - b0) * scale
+            out[..., y0 * scale : (y0 + th) * scale, x0 * scale : (x0 + tw) * scale] = piece[
+                ..., oy : oy + th * scale, ox : ox + tw * scale
+            ]
+    assert out is not None
+    return out
