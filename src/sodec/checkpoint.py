@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from torch import nn
 
 from . import config as config_mod
 from .errors import WeightsError
+from .fileio import atomic_write_via  # re-exported: trainer and older callers import it from here
 
 FORMAT = "1"
 
@@ -40,23 +40,6 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def atomic_write_via(path: str | os.PathLike[str], write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers never see a partial file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp makes the file 0600; give the result the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(
@@ -125,8 +108,11 @@ def load_checkpoint(
 
     ``build_kwargs`` go to the model's constructor (e.g. ``base_weights=DIR`` for a paper-preset
     SODEC model whose frozen SD weights live in a diffusers folder)."""
+    from .models.vae_codec import tables_from_checkpoint
+
     kind, cfg, state, meta = read_checkpoint(path, expected_sha256)
-    model = build_model(kind, cfg, **build_kwargs)
+    with tables_from_checkpoint():  # the file holds the entropy models' tables
+        model = build_model(kind, cfg, **build_kwargs)
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, KeyError, ValueError) as e:
