@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from helpers import KODAK, needs_kodak, random_image
-from sodec import api, registry
+from sodec import api, contract, errors, registry
 from sodec.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from sodec.config import CODEC_PRESETS, CodecConfig, from_json, to_json
 from sodec.errors import UsageError, WeightsError
@@ -164,3 +165,42 @@ def test_training_reports_the_bits_the_entropy_coder_writes(tiny, name):
     assert codec.coded_bits is not None
     # rANS adds some bytes per stream (flush, bypass-coded tails) on top of the ideal bits
     assert abs(float(codec.coded_bits) - real) <= 0.03 * real + 8 * 32, (float(codec.coded_bits), real)
+
+
+def test_tiled_encode_matches_untiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """g_a and h_s in tiles (bounded encode memory) give the untiled latents up to float
+    summation order, the files decode without desync, and one-tile images are coded untiled."""
+    from sodec.models import vae_codec
+    from sodec.tiling import tiled_analysis, tiled_upsample
+
+    model = api.load_model(Path(__file__).resolve().parent / "data" / "codec-tiny-test.safetensors")
+    codec = model.codec
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:320, 0:448]
+    image = np.clip(np.stack([xx % 256, yy % 256, (xx * yy) % 256], -1) + rng.integers(-20, 21, (320, 448, 3)), 0, 255)
+    image = image.astype(np.uint8)
+    x = api.to_tensor(image)
+    with torch.inference_mode():
+        whole = codec.g_a(x)
+        tiled = tiled_analysis(codec.g_a, x, 16, 8, vae_codec.ENCODE_MARGIN)  # 3 x 4 tiles of 8 latents
+        assert (tiled - whole).abs().max() < 1e-4
+        z_hat = torch.round(codec.h_a(whole))  # (1, Z, 5, 7)
+        assert (tiled_upsample(codec.h_s, z_hat, 4, 2, 4) - codec.h_s(z_hat)).abs().max() < 1e-4
+        # A window smaller than the receptive field would not: the margin matters.
+        assert (tiled_analysis(codec.g_a, x, 16, 8, 0) - whole).abs().max() > 1e-3
+    one_tile = api.compress(model, image)
+    monkeypatch.setattr(vae_codec, "ENCODE_TILE", 8)
+    many_tiles = api.compress(model, image)
+    # The tiled file decodes (no desync) to the untiled file's picture, up to a stray symbol.
+    diff = contract.compare_pixels(api.decompress(many_tiles, model), api.decompress(one_tile, model))
+    assert diff.psnr_db >= 40.0, str(diff)
+    monkeypatch.setattr(vae_codec, "ENCODE_TILE", 1 << 20)
+    assert api.compress(model, image) == one_tile  # fits one tile either way: identical bytes
+
+
+def test_compress_refuses_over_max_pixels() -> None:
+    model = api.load_model(Path(__file__).resolve().parent / "data" / "codec-tiny-test.safetensors")
+    image = np.zeros((100, 130, 3), np.uint8)
+    with pytest.raises(errors.LimitsError, match="padded to 192x128"):
+        api.compress(model, image, max_pixels=20_000)
+    assert api.compress(model, image, max_pixels=None)  # None: no limit

@@ -367,8 +367,8 @@ def test_failed_decode_leaves_no_output(name: str, tmp_path: Path) -> None:
     out = tmp_path / "out.png"
     rc = main(["decompress", str(CONF / name), "--model", str(TINY), "-o", str(out), "-q"])
     assert rc != 0 and list(tmp_path.iterdir()) == []
-    out.write_bytes(b"previous")  # an existing output is left as it was
-    assert main(["decompress", str(CONF / name), "--model", str(TINY), "-o", str(out), "-q"]) == rc
+    out.write_bytes(b"previous")  # an existing output is left as it was, even with -f
+    assert main(["decompress", str(CONF / name), "--model", str(TINY), "-o", str(out), "-q", "-f"]) == rc
     assert out.read_bytes() == b"previous" and list(tmp_path.iterdir()) == [out]
 
 

@@ -20,8 +20,17 @@ from torch import nn
 
 from . import container, registry
 from .checkpoint import load_checkpoint, sha256_file
-from .errors import CorruptedError, DesyncError, FormatError, LimitsError, SodecError, UsageError, WrongModelError
-from .models.vae_codec import VAECodec
+from .errors import (
+    CorruptedError,
+    DesyncError,
+    FormatError,
+    LimitsError,
+    SodecError,
+    UsageError,
+    WeightsError,
+    WrongModelError,
+)
+from .models.vae_codec import VAECodec, tables_from_checkpoint
 
 PAD_MULTIPLE = 64  # z sits at stride 64; SODEC's UNet needs its latent divisible by 8 (= 64 px)
 
@@ -68,6 +77,59 @@ def load_model(
     return Model(module, entry.kind, entry.name, entry.sha256)
 
 
+def load_encoder(
+    model: str | None = None, quality: int | None = None, base_weights: str | os.PathLike[str] | None = None
+) -> Model:
+    """The model :func:`compress` needs, as :func:`load_model` takes it: a SODEC model encodes
+    with its codec alone (paper Fig. 2a; the diffusion decoder only decodes), so for one only the
+    codec's weights (``codec.*``) are loaded into a :class:`VAECodec` with the whole model's id
+    and sha256: the files it writes are byte-identical to the whole model's, without importing
+    diffusers/timm or building the UNet. Other models load as :func:`load_model` loads them.
+    Raises what :func:`load_model` raises (:class:`WeightsError`, :class:`WrongModelError`,
+    :class:`UsageError`)."""
+    if model is not None and (Path(model).suffix == ".safetensors" or os.sep in str(model)):
+        path = Path(str(model))
+        if not path.is_file():
+            return load_model(model, quality, base_weights=base_weights)  # its WeightsError
+        kind = _checkpoint_kind(path)
+        sha, model_id = None, None
+    else:
+        entry = registry.resolve(model, quality)
+        path, kind, sha, model_id = entry.path, entry.kind, entry.sha256, entry.name
+    if kind != "sodec":
+        return load_model(model, quality, base_weights=base_weights)
+    from .checkpoint import read_checkpoint
+
+    if sha is None:
+        sha = sha256_file(path)
+    kind_read, cfg, state, meta = read_checkpoint(path, sha)
+    if kind_read != kind:
+        raise WrongModelError(f"{path.name} holds a {kind_read} model, registry says {kind}")
+    with tables_from_checkpoint():  # the file holds the entropy models' tables
+        codec = VAECodec(cfg.codec)
+    try:
+        codec.load_state_dict({k[len("codec.") :]: v for k, v in state.items() if k.startswith("codec.")}, strict=True)
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise WeightsError(
+            f"{path.name}: codec weights do not fit its config ({str(e).splitlines()[0][:200]})"
+        ) from None
+    codec.eval()
+    model_id = model_id or meta.get("sodec.model_id") or registry.model_id_for_path(path)
+    return Model(codec, "sodec", model_id, sha)
+
+
+def _checkpoint_kind(path: Path) -> str | None:
+    """``sodec.kind`` from a checkpoint's metadata, without reading its tensors (None: unreadable,
+    left for the full loader to report)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="np") as f:
+            return (f.metadata() or {}).get("sodec.kind")
+    except Exception:  # any unreadable file: api.load_model gives the typed error
+        return None
+
+
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (1, 3, H, W) float in [0, 1]."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -90,14 +152,46 @@ def pad_to(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode="replicate")
 
 
-def compress(model: Model, image: np.ndarray) -> bytes:
-    """Encode an (H, W, 3) uint8 image; returns the complete .sodec file."""
+def check_encode_size(width: int, height: int, max_pixels: int | None = container.DEFAULT_MAX_PIXELS) -> None:
+    """Refuse an image the encoder should not start on: a side out of the format's range
+    (:class:`UsageError`), or a padded area over ``max_pixels`` (:class:`LimitsError`; None = no
+    limit). Needs no model and no torch work, so callers can run it before loading one."""
+    if not (1 <= height <= container.MAX_SIDE and 1 <= width <= container.MAX_SIDE):
+        raise UsageError(f"image size {width}x{height} out of range")
+    wp, hp = padded_size(width, height)
+    if max_pixels is not None and wp * hp > max_pixels:
+        raise LimitsError(
+            f"image of {width}x{height} is coded padded to {wp}x{hp}, over the limit of {max_pixels} pixels"
+            " (--max-pixels 0 lifts it)"
+        )
+
+
+def compress(model: Model, image: np.ndarray, max_pixels: int | None = container.DEFAULT_MAX_PIXELS) -> bytes:
+    """Encode an (H, W, 3) uint8 image; returns the complete .sodec file.
+
+    Memory is bounded at any size: g_a runs in tiles of 1024 px (:meth:`VAECodec.analysis`), so a
+    12 MP photo encodes in about a gigabyte; an image that fits one tile is coded untiled.
+    Raises :class:`UsageError` for a bad array or size, :class:`LimitsError` over ``max_pixels``
+    (padded area; None = no limit) or when memory runs out.
+    """
     h, w = image.shape[:2]
-    if not (1 <= h <= container.MAX_SIDE and 1 <= w <= container.MAX_SIDE):
-        raise UsageError(f"image size {w}x{h} out of range")
-    x = pad_to(to_tensor(image))
-    with torch.inference_mode():
-        streams = model.codec.compress(x)
+    check_encode_size(w, h, max_pixels)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise UsageError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+    try:
+        # Padded while still uint8 and handed over as uint8: the codec converts each tile to
+        # float as it goes, so no full-size float copy of a large image is ever made.
+        ph, pw = (-h) % PAD_MULTIPLE, (-w) % PAD_MULTIPLE
+        padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else image
+        x = torch.from_numpy(np.array(padded, copy=True)).permute(2, 0, 1)[None]  # (1, 3, Hp, Wp) uint8
+        with torch.inference_mode():
+            streams = model.codec.compress(x)
+    except MemoryError as e:
+        raise LimitsError(f"not enough memory to encode a {w}x{h} image") from e
+    except RuntimeError as e:
+        if "allocate" not in str(e) and "memory" not in str(e).lower():
+            raise
+        raise LimitsError(f"not enough memory to encode a {w}x{h} image") from e
     header = container.Header(
         model.model_id, model.weights_id, w, h, (len(streams.z), len(streams.y)), streams.symbols_crc
     )

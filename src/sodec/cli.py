@@ -1,24 +1,65 @@
 """``sodec``: a thin argparse layer over :mod:`sodec.api` and the library.
 
-Habits follow cwebp/dwebp: ``-o`` names the output, ``-`` means stdin/stdout, a one-line summary
-goes to stderr (``-quiet`` silences it), errors are one line with a distinct exit code
-(:mod:`sodec.errors`). Outputs are written to a temp file and renamed, so a failure or a kill
-leaves no partial file.
+Habits follow cwebp/dwebp and gzip/zstd: ``-o`` names the output, ``-`` means stdin/stdout, a
+one-line summary per file goes to stderr (``-q`` silences it), errors are one line with a
+distinct exit code (:mod:`sodec.errors`). Outputs are written to a temp file and renamed, so a
+failure or a kill leaves no partial file; an existing file is never replaced without ``-f``, and
+the input is never the output.
+
+Start-up: this module imports neither torch nor the models at import time. ``--help``,
+``models`` and ``info`` never import torch; ``compress``/``decompress`` check every input and
+output (existence, folders, permissions, pixel limits) before torch or a model loads, and load
+the model once for all the files of a call. ``benchmarks/startup.py`` measures it.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import __version__
-from .errors import SodecError, UsageError
+from .container import DEFAULT_MAX_PIXELS  # the container module is torch-free (struct, zlib)
+from .errors import LimitsError, OutputExistsError, SodecError, UsageError
 
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in sodec, not bad input
+IMAGE_SUFFIXES = {".png": "PNG", ".ppm": "PPM", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+EXIT_CODES = """\
+exit codes: 0 ok; 2 usage (bad option, missing input, missing output folder); 3 not a .sodec
+file; 4 truncated; 5 corrupted; 6 wrong or missing model; 7 over --max-pixels or out of
+memory; 8 unreadable input image; 9 bad weights; 10 output exists (use -f); 130 interrupted.
+With several files, each failure is reported on its own line and the rest are still coded;
+the exit code is then that of the first failure."""
+
+
+# -- small helpers --------------------------------------------------------------------------------
+
+
+def _memory_error(e: BaseException) -> LimitsError | None:
+    """MemoryError, or torch's "can't allocate memory" RuntimeError, as the one-line LimitsError."""
+    text = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "alloc" in text.lower()):
+        return LimitsError(f"not enough memory ({text}); try a smaller --tile or a smaller image")
+    return None
+
+
+def _limit(args: argparse.Namespace) -> int | None:
+    """--max-pixels: absent -> the default limit, 0 -> no limit."""
+    return DEFAULT_MAX_PIXELS if args.max_pixels is None else (args.max_pixels or None)
+
+
+def _progress_on(args: argparse.Namespace) -> bool:
+    """A progress bar only for a person watching: a terminal on stderr, and no -q."""
+    return not args.quiet and sys.stderr.isatty()
 
 
 def _read_input(path: str) -> bytes:
@@ -30,75 +71,375 @@ def _read_input(path: str) -> bytes:
         raise UsageError(f"no such file: {path}") from None
     except IsADirectoryError:
         raise UsageError(f"is a directory: {path}") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
 
 
-def _write_output(path: str, data: bytes) -> None:
-    from .image_io import write_atomic
+def _write_output(path: str, data: bytes, force: bool) -> None:
+    from .fileio import atomic_write_via
 
     if path == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
-    parent = Path(path).parent
+    # Checked again here (first before any work): the file may have appeared since.
+    if not force and os.path.lexists(path):
+        raise OutputExistsError(f"{path} exists; -f/--force replaces it")
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    try:
+        atomic_write_via(path, write)
+    except OSError as e:  # disk full, folder removed meanwhile, ...
+        raise SodecError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+# -- planning: every input and output checked before any work --------------------------------------
+
+
+@dataclass
+class Job:
+    """One file of a call: where it comes from, where it goes, and why it failed (if it did)."""
+
+    src: str  # a path, or "-" for stdin
+    dst: str  # a path, or "-" for stdout
+    error: SodecError | None = None
+
+
+def _same_file(a: str, b: str) -> bool:
+    if a == "-" or b == "-":
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _check_job(job: Job, force: bool) -> None:
+    src, dst = job.src, job.dst
+    if src != "-":
+        p = Path(src)
+        if not p.exists():
+            raise UsageError(f"no such file: {src}")
+        if p.is_dir():
+            raise UsageError(f"is a directory: {src}")
+        if not os.access(p, os.R_OK):
+            raise UsageError(f"cannot read {src}: permission denied")
+    if dst == "-":
+        if sys.stdout.isatty():
+            raise UsageError("refusing to write binary data to a terminal; use -o FILE or a pipe")
+        return
+    if _same_file(src, dst):
+        raise UsageError(f"input and output are the same file: {dst}")
+    out = Path(dst)
+    parent = out.parent
     if not parent.is_dir():
         raise UsageError(f"output folder does not exist: {parent}")
-    write_atomic(path, data)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to {parent}: permission denied")
+    if out.is_dir():
+        raise UsageError(f"output {dst} is a folder")
+    if not force and os.path.lexists(out):
+        raise OutputExistsError(f"{dst} exists; -f/--force replaces it")
 
 
-def _limit(args: argparse.Namespace) -> int | None:
-    """--max-pixels: absent -> the default limit, 0 -> no limit."""
-    from .container import DEFAULT_MAX_PIXELS
+def plan(inputs: list[str], output: str | None, default: Callable[[str], str], force: bool) -> list[Job]:
+    """Map inputs to outputs and check each pair; no torch, no image decoding.
 
-    return DEFAULT_MAX_PIXELS if args.max_pixels is None else (args.max_pixels or None)
+    ``output``: None (each output next to its input, named by ``default``), ``-`` (stdout, one
+    input only), a folder (given as ``DIR/``, or an existing folder when there are several
+    inputs), or a file (one input only). Refusals of the whole call raise; a pair that fails
+    its own checks carries the error in ``Job.error`` (with one input, it raises).
+    """
+    if "-" in inputs and len(inputs) > 1:
+        raise UsageError("- (stdin) must be the only input")
+    folder: Path | None = None
+    if output is not None and output != "-":
+        named_folder = output.endswith(("/", os.sep))
+        if named_folder or (len(inputs) > 1 and Path(output).is_dir()):
+            folder = Path(output)
+            if not folder.is_dir():
+                raise UsageError(f"output folder does not exist: {output}")
+        elif Path(output).is_dir():
+            raise UsageError(f"-o {output} is a folder: write {output.rstrip('/')}/ to put the output in it")
+        elif len(inputs) > 1:
+            raise UsageError(f"{len(inputs)} inputs need -o DIR/ (a folder), not a file")
+    elif output == "-" and len(inputs) > 1:
+        raise UsageError("-o - (stdout) takes one input only")
+    jobs: list[Job] = []
+    seen: dict[str, str] = {}
+    for src in inputs:
+        if src == "-":
+            if folder is not None:
+                raise UsageError("stdin has no file name: use -o FILE or -o -")
+            dst = output if output is not None else "-"
+        elif folder is not None:
+            dst = str(folder / Path(default(src)).name)
+        else:
+            dst = output if output is not None else default(src)
+        job = Job(src, dst)
+        try:
+            _check_job(job, force)
+            key = os.path.abspath(dst) if dst != "-" else "-"
+            if key in seen:
+                raise UsageError(f"{src} and {seen[key]} would both be written to {dst}")
+            seen[key] = src
+        except SodecError as e:
+            if len(inputs) == 1:
+                raise
+            job.error = e
+        jobs.append(job)
+    return jobs
 
 
-def _say(args: argparse.Namespace, msg: str) -> None:
-    if not args.quiet:
-        print(msg, file=sys.stderr)
+# -- running many files ------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """Runs the jobs of one call: a bar over files on a terminal, one line per file or failure,
+    and the exit code of the first failure (0 when every file was written)."""
+
+    args: argparse.Namespace
+    jobs: list[Job]
+    first_error: SodecError | None = None
+    done: int = 0
+    failed: int = 0
+    coding_s: float = 0.0  # encode/decode time, summed over files (model load not included)
+    load_s: float = 0.0  # model loading, all models of the call
+    bar: Any = field(default=None, repr=False)
+
+    def say(self, msg: str) -> None:
+        if self.args.quiet:
+            return
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr)
+
+    def fail(self, job: Job, e: SodecError) -> None:
+        job.error = e
+        self.failed += 1
+        self.first_error = self.first_error or e
+        msg = str(e)
+        if len(self.jobs) > 1 and job.src not in msg:  # which of several files
+            msg = f"{job.src}: {msg}"
+        # Errors print even with -q (like every other error of the CLI).
+        if self.bar is not None:
+            self.bar.write(f"sodec: error: {msg}", file=sys.stderr)
+        else:
+            print(f"sodec: error: {msg}", file=sys.stderr)
+
+    def run(self, work: Callable[[Job], None]) -> None:
+        """Call ``work(job)`` for each job; a typed error (or running out of memory) fails that
+        file only. Anything else is a bug and stops the call with its traceback."""
+        if len(self.jobs) > 1 and _progress_on(self.args):
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=len(self.jobs), unit="file", file=sys.stderr, dynamic_ncols=True)
+        try:
+            for job in self.jobs:
+                try:
+                    if job.error is not None:
+                        raise job.error
+                    work(job)
+                    self.done += 1
+                except SodecError as e:
+                    self.fail(job, e)
+                except (MemoryError, RuntimeError) as e:
+                    err = _memory_error(e)
+                    if err is None:
+                        raise
+                    self.fail(job, err)
+                if self.bar is not None:
+                    self.bar.update(1)
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    def finish(self, t0: float) -> int:
+        if len(self.jobs) > 1:
+            self.say(
+                f"{len(self.jobs)} files: {self.done} written, {self.failed} failed; "
+                f"model loading {self.load_s:.2f} s, coding {self.coding_s:.2f} s, "
+                f"{time.perf_counter() - t0:.2f} s in all (after start-up)"
+            )
+        return 0 if self.first_error is None else self.first_error.exit_code
+
+
+@contextmanager
+def _tile_bar(enabled: bool) -> Iterator[None]:
+    """A bar over the tiles of a tiled decode (images past the model's tile size)."""
+    if not enabled:
+        yield
+        return
+    from tqdm import tqdm
+
+    from .tiling import report_tiles
+
+    bar = None
+
+    def report(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None or done == 1:  # a new tiled pass (SODEC: guidance image, then image)
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=total, unit="tile", file=sys.stderr, leave=False, dynamic_ncols=True)
+        bar.update(done - bar.n)
+
+    try:
+        with report_tiles(report):
+            yield
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+# -- models --------------------------------------------------------------------------------------
+
+
+def _is_path(model: str | None) -> bool:
+    """As :func:`sodec.api.load_model` tells a checkpoint path from a model name."""
+    return model is not None and (Path(model).suffix == ".safetensors" or os.sep in model)
+
+
+def check_model_option(model: str | None, quality: int | None) -> None:
+    """Refuse an unknown model name or quality, or a missing checkpoint file, before any work
+    (the registry is JSON: no torch needed)."""
+    from . import registry
+    from .errors import WeightsError
+
+    if _is_path(model):
+        if not Path(str(model)).is_file():
+            raise WeightsError(f"weights file not found: {model}")
+    else:
+        registry.resolve(model, quality)
+
+
+def load_encoder(model: str | None, quality: int | None, base_weights: str | None) -> Any:
+    """What ``compress`` loads: :func:`sodec.api.load_encoder` (a SODEC model's codec alone)."""
+    from . import api
+
+    return api.load_encoder(model, quality, base_weights)
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def _probe_size(raw: bytes) -> tuple[int, int] | None:
+    """(W, H) from an image's header without decoding it; None when Pillow cannot tell."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            return im.size
+    except Exception:  # unreadable: read_image says why, in its own words
+        return None
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from . import api
+    from . import fileinfo
     from .image_io import read_image
 
-    out = args.output or ("-" if args.input == "-" else str(Path(args.input).with_suffix(".sodec")))
-    raw = _read_input(args.input)
-    image, notes = read_image(raw)
-    for n in notes:
-        _say(args, f"note: {n}")
-    model = api.load_model(args.model, args.quality, base_weights=args.weights)
-    t = time.perf_counter()
-    data = api.compress(model, image)
-    dt = time.perf_counter() - t
-    _write_output(out, data)
-    h, w = image.shape[:2]
-    _say(
-        args,
-        f"{args.input} -> {out}: {w}x{h}, {len(data)} bytes, {8 * len(data) / (w * h):.4f} bpp, model {model.model_id}, {dt:.2f} s",
-    )
-    return 0
+    t0 = time.perf_counter()
+    limit = _limit(args)
+    check_model_option(args.model, args.quality)
+    jobs = plan(args.inputs, args.output, lambda s: str(Path(s).with_suffix(".sodec")), args.force)
+    batch = Batch(args, jobs)
+    model = None
+
+    def one(job: Job) -> None:
+        nonlocal model
+        raw = _read_input(job.src)
+        name = "stdin" if job.src == "-" else job.src
+        size = _probe_size(raw)
+        if size is not None:  # refuse a huge image before decoding it or loading a model
+            fileinfo.check_size(*size, limit)
+        image, notes = read_image(raw, name=name)
+        for n in notes:
+            batch.say(f"note: {name}: {n}")
+        h, w = image.shape[:2]
+        fileinfo.check_size(w, h, limit)
+        from . import api
+
+        if model is None:
+            t = time.perf_counter()
+            model = load_encoder(args.model, args.quality, args.weights)
+            batch.load_s += time.perf_counter() - t
+        t = time.perf_counter()
+        data = api.compress(model, image, max_pixels=limit)
+        dt = time.perf_counter() - t
+        batch.coding_s += dt
+        _write_output(job.dst, data, args.force)
+        load = f", model load {batch.load_s:.2f} s" if batch.done == 0 and len(jobs) == 1 else ""
+        batch.say(
+            f"{name} -> {job.dst}: {w}x{h}, {len(data)} bytes, {8 * len(data) / (w * h):.4f} bpp, "
+            f"model {model.model_id}; encode {dt:.2f} s{load}"
+        )
+
+    batch.run(one)
+    return batch.finish(t0)
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
-    from . import api
-    from .image_io import encode_image_file
+    from . import fileinfo
 
-    data = _read_input(args.input)
-    out = args.output or ("-" if args.input == "-" else str(Path(args.input).with_suffix(".png")))
-    suffix = ".png" if out == "-" else Path(out).suffix
-    model = api.load_model(args.model, base_weights=args.weights) if args.model else None
-    t = time.perf_counter()
-    image = api.decompress(data, model, max_pixels=_limit(args), tile=args.tile, base_weights=args.weights)
-    dt = time.perf_counter() - t
-    _write_output(out, encode_image_file(image, suffix))
-    _say(args, f"{args.input} -> {out}: {image.shape[1]}x{image.shape[0]}, {dt:.2f} s")
-    return 0
+    t0 = time.perf_counter()
+    limit = _limit(args)
+    if args.model:
+        check_model_option(args.model, None)
+    jobs = plan(args.inputs, args.output, lambda s: s + ".png", args.force)
+    for job in jobs:
+        suffix = ".png" if job.dst == "-" else Path(job.dst).suffix.lower()
+        if job.error is None and suffix not in IMAGE_SUFFIXES:
+            err = UsageError(f"output {job.dst}: write .png, .ppm, .bmp or .tif (lossless)")
+            if len(jobs) == 1:
+                raise err
+            job.error = err
+    batch = Batch(args, jobs)
+    models: dict[str, Any] = {}  # model id -> loaded model: each loads once per call
+
+    def one(job: Job) -> None:
+        data = _read_input(job.src)
+        name = "stdin" if job.src == "-" else job.src
+        header = fileinfo.check_file(data, limit)  # container, CRCs, pixel limits: no model yet
+        from . import api
+        from .image_io import encode_image_file
+
+        key = args.model or header.model_id
+        if key not in models:
+            t = time.perf_counter()
+            if args.model:
+                models[key] = api.load_model(args.model, base_weights=args.weights)
+            else:
+                models[key] = api.model_for(header, args.weights)
+            batch.load_s += time.perf_counter() - t
+        model = models[key]
+        t = time.perf_counter()
+        with _tile_bar(_progress_on(args)):
+            image = api.decompress(data, model, max_pixels=limit, tile=args.tile, base_weights=args.weights)
+        dt = time.perf_counter() - t
+        batch.coding_s += dt
+        suffix = ".png" if job.dst == "-" else Path(job.dst).suffix
+        _write_output(job.dst, encode_image_file(image, suffix), args.force)
+        load = f", model load {batch.load_s:.2f} s" if batch.done == 0 and len(jobs) == 1 else ""
+        batch.say(
+            f"{name} -> {job.dst}: {image.shape[1]}x{image.shape[0]}, model {model.model_id}; decode {dt:.2f} s{load}"
+        )
+
+    batch.run(one)
+    return batch.finish(t0)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from . import api
+    from .fileinfo import info
 
-    meta = api.info(_read_input(args.input), max_pixels=_limit(args))
+    meta = info(_read_input(args.input), max_pixels=_limit(args))
     if args.json:
         print(json.dumps(meta, indent=2))
     else:
@@ -110,9 +451,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from . import registry
 
-    for e in registry.models():
-        bpp = f"{e.kodak_bpp:.4f} bpp on Kodak" if e.kodak_bpp is not None else ""
-        print(f"{e.name:24s} {e.kind:6s} q{e.quality}  {bpp:20s} {e.description}")
+    entries = registry.models()
+    default = registry.default_name()
+    for e in entries:
+        rate = f"{e.kodak_bpp:.4f} bpp on Kodak" if e.kodak_bpp is not None else "rate not measured"
+        mark = "*" if e.name == default else " "
+        print(f"{mark} {e.name:20s} {e.kind:6s} q{e.quality}  {rate:19s}  {e.description}")
+    if not args.quiet and entries:
+        print("(* = the default; bpp = 8 x file bytes / pixels, mean over the 24 Kodak images)")
     return 0
 
 
@@ -124,7 +470,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = {"steps": args.steps, "rate_weight": args.rate_weight, "target_bpp": args.target_bpp, "data": args.data}
     out = args.out or str(Path("runs") / Path(args.config).stem)
-    kw = {"resume": not args.restart, "weights_dir": args.weights_dir, "progress": not args.quiet}
+    kw = {"resume": not args.restart, "weights_dir": args.weights_dir, "progress": _progress_on(args)}
     try:
         with open(args.config, "rb") as f:
             is_schedule = isinstance(tomllib.load(f).get("stage"), list)
@@ -136,65 +482,157 @@ def cmd_train(args: argparse.Namespace) -> int:
         # Bad stage files, refused run folders, missing data: the user's to fix, not a crash.
         raise UsageError(str(e).splitlines()[0]) from None
     for r in results:
-        _say(args, f"{r.run_dir}: {r.steps} steps, {r.seconds:.0f} s -> {r.checkpoint} (sha256 {r.sha256[:12]}…)")
+        if not args.quiet:
+            print(
+                f"{r.run_dir}: {r.steps} steps, {r.seconds:.0f} s of training -> {r.checkpoint} (sha256 {r.sha256[:12]}…)",
+                file=sys.stderr,
+            )
     return 0
 
 
+# -- the parser ----------------------------------------------------------------------------------
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+        return v
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _tile(text: str) -> int:
+    v = _int_at_least(12)(text)
+    if v % 4:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 4 above 8, got {v}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sodec", description="SODEC image codec: one-step diffusion decoding.")
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="sodec",
+        description="SODEC image codec: one-step diffusion decoding. `sodec COMMAND --help` for each command.",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+    )
     p.add_argument("--version", action="version", version=f"sodec {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("-quiet", "--quiet", "-q", action="store_true", help="print nothing but errors")
+        sp.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (no summary, no bar)")
 
-    c = sub.add_parser("compress", help="image -> .sodec")
-    c.add_argument("input", help="image file, or - for stdin")
-    c.add_argument("-o", "--output", help="output .sodec file, or - for stdout (default: INPUT.sodec)")
-    c.add_argument(
-        "--model", "-m", help="model name, family, or a .safetensors checkpoint (default: the shipped default)"
+    def writing(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "-f", "--force", action="store_true", help="replace existing output files (never the input itself)"
+        )
+
+    max_pixels_help = (
+        "refuse images (padded to a multiple of 64) of more pixels than this; "
+        f"default {DEFAULT_MAX_PIXELS} (as libpng/Pillow); 0 = no limit"
     )
-    c.add_argument("--quality", "-Q", type=int, help="rate point within the model family (1 = smallest files)")
-    c.add_argument("--weights", help="diffusers folder (or hub id) with the SD UNet/VAE for paper-preset models")
+    weights_help = "diffusers folder (or hub id) with the SD UNet/VAE, for paper-preset SODEC models only"
+
+    c = sub.add_parser(
+        "compress",
+        help="images -> .sodec files",
+        description="Encode images (PNG, JPEG, WebP, TIFF, BMP, PPM/PGM, JPEG XL, ...) to .sodec files. "
+        "Several files in one call load the model once.",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+    )
+    c.add_argument("inputs", nargs="+", metavar="INPUT", help="image file(s), or - for stdin (alone)")
+    c.add_argument(
+        "-o",
+        "--output",
+        help="output file, - for stdout, or DIR/ (trailing slash) to write DIR/NAME.sodec; "
+        "several inputs need a folder (default: each INPUT with its suffix replaced by .sodec)",
+    )
+    c.add_argument(
+        "-m",
+        "--model",
+        help="model name (sodec models), family, or a .safetensors checkpoint (default: the shipped default, sodec models marks it)",
+    )
+    c.add_argument(
+        "-Q",
+        "--quality",
+        type=_int_at_least(1),
+        help="rate point within the model family: 1 = smallest files (default: the family's highest)",
+    )
+    c.add_argument("--max-pixels", type=_int_at_least(0), default=None, help=max_pixels_help)
+    c.add_argument("--weights", help=weights_help)
+    writing(c)
     common(c)
     c.set_defaults(func=cmd_compress)
 
-    d = sub.add_parser("decompress", help=".sodec -> image (PNG, PPM, BMP, TIFF by suffix)")
-    d.add_argument("input", help=".sodec file, or - for stdin")
-    d.add_argument("-o", "--output", help="output image, or - for PNG on stdout (default: INPUT.png)")
-    d.add_argument("--model", "-m", help="decode with this model/checkpoint (default: the one the file names)")
-    d.add_argument("--weights", help="diffusers folder (or hub id) with the SD UNet/VAE for paper-preset models")
+    d = sub.add_parser(
+        "decompress",
+        help=".sodec files -> images (PNG, PPM, BMP, TIFF by suffix)",
+        description="Decode .sodec files; the model is found from each file's header. "
+        "Several files in one call load each model once.",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+    )
+    d.add_argument("inputs", nargs="+", metavar="INPUT", help=".sodec file(s), or - for stdin (alone)")
     d.add_argument(
-        "--max-pixels",
-        type=int,
+        "-o",
+        "--output",
+        help="output image (.png, .ppm, .bmp, .tif: by suffix), - for PNG on stdout, or DIR/ to write "
+        "DIR/NAME.sodec.png; several inputs need a folder (default: INPUT.png, e.g. photo.sodec.png, "
+        "so a decode never lands on the original photo.png)",
+    )
+    d.add_argument("-m", "--model", help="decode with this model name or checkpoint (default: the one each file names)")
+    d.add_argument("--max-pixels", type=_int_at_least(0), default=None, help=max_pixels_help)
+    d.add_argument(
+        "--tile",
+        type=_tile,
         default=None,
-        help="refuse files claiming more pixels (default 178956970; 0 = no limit)",
+        help="decode in tiles of this many latent rows/cols (x16 px; a multiple of 4, at least 12); "
+        "smaller tiles use less memory (default: the model's own, 64 = 1024 px)",
     )
-    d.add_argument(
-        "--tile", type=int, default=None, help="decode in tiles of this many latent rows/cols (multiple of 4)"
-    )
+    d.add_argument("--weights", help=weights_help)
+    writing(d)
     common(d)
     d.set_defaults(func=cmd_decompress)
 
-    i = sub.add_parser("info", help="what a .sodec file holds, and its bpp")
-    i.add_argument("input")
-    i.add_argument("--json", action="store_true")
-    i.add_argument("--max-pixels", type=int, default=None)
+    i = sub.add_parser(
+        "info",
+        help="what a .sodec file holds, and its bpp",
+        description="Read a .sodec file's header (no model is loaded): model, size, streams, "
+        "bpp = 8 x file bytes / pixels.",
+    )
+    i.add_argument("input", help=".sodec file, or - for stdin")
+    i.add_argument("--json", action="store_true", help="print JSON instead of aligned text")
+    i.add_argument("--max-pixels", type=_int_at_least(0), default=None, help=max_pixels_help)
     common(i)
     i.set_defaults(func=cmd_info)
 
-    m = sub.add_parser("models", help="list the shipped models")
+    m = sub.add_parser(
+        "models",
+        help="list the shipped models and their rates",
+        description="The shipped models: name, kind, rate point, measured Kodak bpp, description.",
+    )
     common(m)
     m.set_defaults(func=cmd_models)
 
-    t = sub.add_parser("train", help="run a training stage or a schedule of stages (TOML)")
+    t = sub.add_parser(
+        "train",
+        help="run a training stage or a schedule of stages (TOML)",
+        description="Train one stage or a schedule of stages from a TOML file; resumes a run folder's state.",
+    )
     t.add_argument("--config", required=True, help="stage or schedule TOML (see configs/)")
-    t.add_argument("--out", help="run folder (default runs/<config name>)")
-    t.add_argument("--steps", type=int, help="override steps")
-    t.add_argument("--rate-weight", type=float, help="override the rate weight lambda")
-    t.add_argument("--target-bpp", type=float, help="override the stage's rate target (lambda is steered to it)")
+    t.add_argument("--out", help="run folder (default: runs/<config file name>)")
+    t.add_argument("--steps", type=_int_at_least(1), help="override the stage's number of steps")
+    t.add_argument("--rate-weight", type=float, help="override the rate weight lambda (> 0)")
+    t.add_argument("--target-bpp", type=float, help="override the stage's rate target in bpp (lambda is steered to it)")
     t.add_argument("--data", help="override the training image folder")
-    t.add_argument("--weights-dir", help="folder with LPIPS/DISTS backbone weights (else $SODEC_WEIGHTS_DIR)")
+    t.add_argument("--weights-dir", help="folder with the LPIPS/DISTS backbone weights (default: $SODEC_WEIGHTS_DIR)")
     t.add_argument("--restart", action="store_true", help="ignore an existing train_state and start over")
     common(t)
     t.set_defaults(func=cmd_train)
@@ -213,6 +651,12 @@ def main(argv: list[str] | None = None) -> int:
     except SodecError as e:
         print(f"sodec: error: {e}", file=sys.stderr)
         return e.exit_code
+    except (MemoryError, RuntimeError) as e:
+        err = _memory_error(e)
+        if err is None:
+            raise  # anything else is a bug: show its traceback
+        print(f"sodec: error: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("sodec: interrupted", file=sys.stderr)
         return 130

@@ -77,3 +77,9 @@ class UsageError(SodecError):
     """Arguments that do not fit together (unknown model name, bad quality, ...)."""
 
     exit_code = 2
+
+
+class OutputExistsError(SodecError):
+    """The output file exists already; ``-f/--force`` replaces it (as gzip and zstd ask)."""
+
+    exit_code = 10

@@ -51,6 +51,11 @@ def models() -> list[ModelEntry]:
     return sorted(_load()[0].values(), key=lambda e: (e.family, e.quality))
 
 
+def default_name() -> str | None:
+    """The model ``sodec compress`` uses when none is named (None when none is shipped)."""
+    return _load()[1]
+
+
 def get(name: str) -> ModelEntry:
     entries, _ = _load()
     if name not in entries:

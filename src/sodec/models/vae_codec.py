@@ -23,26 +23,29 @@ refused (DesyncError) instead of decoding to a wrong image. See docs/design.md.
 
 from __future__ import annotations
 
-import warnings
+import itertools
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-with warnings.catch_warnings():
-    # compressai 1.2.8 calls torch.jit.script at import, which torch 2.14 flags as deprecated.
-    warnings.simplefilter("ignore", FutureWarning)
-    from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-    from compressai.models import CompressionModel
-    from compressai.models.utils import conv, deconv
-import itertools
-
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..config import CodecConfig
-from ..tiling import tiled_decode
+from ..tiling import tiled_analysis, tiled_decode, tiled_upsample
+
+# CompressAI's entropy models and rANS coder, imported without its point-cloud/torch_geometric
+# subpackages (seconds of start-up): the same modules, so the same bitstreams. See _compressai.py.
+from ._compressai import GDN, CompressionModel, EntropyBottleneck, GaussianConditional, conv, deconv
+
+# Encoding in tiles (VAECodec.analysis): cores of 64 latents (1024 px) computed from windows that
+# reach 4 latents (64 px) further. g_a's receptive-field radius is 34 px (3 from the 7x7 conv,
+# then 1 + 2 + 4 + 8 from the four stride-2 3x3 convs and 16 from the last 3x3 conv at stride 16),
+# so the margin covers it and tiled latents equal untiled ones up to float summation order.
+ENCODE_TILE, ENCODE_MARGIN = 64, 4
 
 # CompressAI's default Gaussian scale table (64 log-spaced scales in [0.11, 256]).
 SCALES_MIN, SCALES_MAX, SCALES_LEVELS = 0.11, 256.0, 64
@@ -73,44 +76,50 @@ class ChannelNorm2d(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, channels: int) -> None:
+    """x + conv(act(norm(conv(x)))) at latent resolution; ``norm=False`` for the GDN codec."""
+
+    def __init__(self, channels: int, norm: bool = True) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1),
-            ChannelNorm2d(channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(channels, channels, 3, padding=1),
-            ChannelNorm2d(channels),
-        )
+        layers: list[nn.Module] = [nn.Conv2d(channels, channels, 3, padding=1)]
+        layers += [ChannelNorm2d(channels), nn.ReLU(inplace=True)] if norm else [nn.LeakyReLU(inplace=True)]
+        layers.append(nn.Conv2d(channels, channels, 3, padding=1))
+        if norm:
+            layers.append(ChannelNorm2d(channels))
+        self.body = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.body(x)
 
 
 def analysis_transform(cfg: CodecConfig) -> nn.Sequential:
-    """g_a: (B, 3, H, W) -> (B, C, H/16, W/16)."""
+    """g_a: (B, 3, H, W) -> (B, C, H/16, W/16); ChannelNorm + ReLU or GDN after each conv."""
     ch = cfg.encoder_channels
-    layers: list[nn.Module] = [nn.Conv2d(3, ch[0], 7, padding=3), ChannelNorm2d(ch[0]), nn.ReLU()]
+
+    def act(c: int) -> list[nn.Module]:
+        return [GDN(c)] if cfg.norm == "gdn" else [ChannelNorm2d(c), nn.ReLU()]
+
+    layers: list[nn.Module] = [nn.Conv2d(3, ch[0], 7, padding=3), *act(ch[0])]
     for cin, cout in itertools.pairwise(ch):
-        layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), ChannelNorm2d(cout), nn.ReLU()]
+        layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), *act(cout)]
     layers.append(nn.Conv2d(ch[-1], cfg.latent_channels, 3, padding=1))
     return nn.Sequential(*layers)
 
 
 def synthesis_transform(cfg: CodecConfig) -> nn.Sequential:
-    """g_s (and SODEC's fidelity decoder D_a): (B, C, h, w) -> (B, 3, 16h, 16w)."""
+    """g_s (and SODEC's fidelity decoder D_a): (B, C, h, w) -> (B, 3, 16h, 16w).
+
+    "channel": HiFiC's layout (ChannelNorm + ReLU); "gdn": inverse GDN after each upsampling
+    and residual blocks without normalisation (Ballé et al. 2018's synthesis with HiFiC's blocks).
+    """
     ch = cfg.decoder_channels
-    layers: list[nn.Module] = [
-        nn.Conv2d(cfg.latent_channels, ch[0], 3, padding=1),
-        ChannelNorm2d(ch[0]),
-    ]
-    layers += [ResidualBlock(ch[0]) for _ in range(cfg.residual_blocks)]
+    gdn = cfg.norm == "gdn"
+    layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, ch[0], 3, padding=1)]
+    if not gdn:
+        layers.append(ChannelNorm2d(ch[0]))
+    layers += [ResidualBlock(ch[0], norm=not gdn) for _ in range(cfg.residual_blocks)]
     for cin, cout in itertools.pairwise(ch):
-        layers += [
-            nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1),
-            ChannelNorm2d(cout),
-            nn.ReLU(),
-        ]
+        layers.append(nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1))
+        layers += [GDN(cout, inverse=True)] if gdn else [ChannelNorm2d(cout), nn.ReLU()]
     layers.append(nn.Conv2d(ch[-1], 3, 7, padding=3))
     return nn.Sequential(*layers)
 
@@ -168,6 +177,27 @@ class CodecDecoded:
     x_vae: Tensor | None  # (1, 3, 16h, 16w), None when synthesis was skipped (tiled decode)
 
 
+_FILL_TABLES = True
+
+
+@contextmanager
+def tables_from_checkpoint() -> Iterator[None]:
+    """Build codecs whose CDF tables a checkpoint will fill (``load_state_dict`` resizes and
+    loads them): computing them first costs the scipy.stats import (about 0.5 s of start-up,
+    see sodec.models._compressai) for tables that are thrown away."""
+    global _FILL_TABLES
+    before, _FILL_TABLES = _FILL_TABLES, False
+    try:
+        yield
+    finally:
+        _FILL_TABLES = before
+
+
+def _unit_float(x: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float [0, 1] the way :func:`sodec.api.to_tensor` does; float passes."""
+    return x.float().div(255.0) if x.dtype == torch.uint8 else x
+
+
 def _symbols_crc(*symbols: Tensor) -> int:
     crc = 0
     for s in symbols:
@@ -188,16 +218,24 @@ class VAECodec(CompressionModel):
         self.h_s = hyper_synthesis(cfg)
         self.entropy_bottleneck = EntropyBottleneck(cfg.hyper_latent_channels)
         self.gaussian_conditional = GaussianConditional(None)
-        # The scale table lives in the checkpoint; fill it now so a fresh model can code too.
-        self.gaussian_conditional.update_scale_table(scale_table(), force=True)
+        # The scale table lives in the checkpoint; fill it now so a fresh model can code too,
+        # unless a checkpoint's tables are about to replace it (tables_from_checkpoint).
+        if _FILL_TABLES:
+            self.gaussian_conditional.update_scale_table(scale_table(), force=True)
 
     # -- shared pieces -------------------------------------------------------------------------
 
     def hyper_synthesis(self, z_hat: Tensor) -> Tensor:
-        """w = h_s(z_hat), computed in float64 and rounded to float32 once (see module doc)."""
+        """w = h_s(z_hat), computed in float64 and rounded to float32 once (see module doc).
+
+        z_hat: (B, Z, h/4, w/4) -> w: (B, 2C, h, w). Past 16 z cells (1024 px) a side it runs in
+        tiles with a 4-cell margin (h_s's receptive-field radius is about 2 cells): float64
+        transposed convolutions on the CPU go through a column buffer of Cout*25 values per input
+        cell, 0.5 GB for a 12 MP image. Encoder and decoder tile alike, so they agree.
+        """
         tensors = {k: v.double() for k, v in self.h_s.state_dict(keep_vars=True).items()}
-        w = functional_call(self.h_s, tensors, (z_hat.double(),))
-        return w.float()
+        w = tiled_upsample(lambda t: functional_call(self.h_s, tensors, (t.double(),)).float(), z_hat, 4, 16, 4)
+        return w
 
     @staticmethod
     def split_params(w: Tensor) -> tuple[Tensor, Tensor]:
@@ -240,10 +278,11 @@ class VAECodec(CompressionModel):
 
     @torch.no_grad()
     def compress(self, x: Tensor) -> CodecStreams:
-        """x: (1, 3, H, W) in [0, 1], H and W multiples of 64 -> the two streams."""
+        """x: (1, 3, H, W), float in [0, 1] or uint8 in [0, 255], H and W multiples of 64 -> the
+        two streams. A uint8 image is converted tile by tile (bounded memory for large images)."""
         if x.dim() != 4 or x.size(0) != 1:
             raise ValueError("compress codes one image at a time: expected (1, 3, H, W)")
-        y = self.g_a(x)
+        y = self.analysis(x)
         z = self.h_a(y)
         z_string = self.entropy_bottleneck.compress(z)[0]
         z_hat = self.entropy_bottleneck.decompress([z_string], z.shape[-2:])
@@ -252,6 +291,14 @@ class VAECodec(CompressionModel):
         y_string = self.gaussian_conditional.compress(y, indexes, means=means)[0]
         crc = _symbols_crc(self._z_symbols(z_hat), self.gaussian_conditional.quantize(y, "symbols", means))
         return CodecStreams(y_string, z_string, crc, (y.size(2), y.size(3)))
+
+    def analysis(self, x: Tensor, tile: int | None = None) -> Tensor:
+        """y = g_a(x) for coding, in tiles of ``tile`` latents past one tile (bounded memory).
+
+        x: (1, 3, H, W) float in [0, 1] or uint8, H and W multiples of 64 -> y: (1, C, H/16, W/16). An image up
+        to ``16 * tile`` px on each side is transformed in one call, as :meth:`forward` does.
+        """
+        return tiled_analysis(lambda t: self.g_a(_unit_float(t)), x, 16, tile or ENCODE_TILE, ENCODE_MARGIN)
 
     def _z_symbols(self, z_hat: Tensor) -> Tensor:
         medians = self.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1)
