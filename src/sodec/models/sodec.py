@@ -209,26 +209,38 @@ class SodecModel(nn.Module):
             raise ValueError("decode steps must be >= 1")
         self.decode_steps = steps
 
+    def null_condition(self, y_hat: Tensor) -> Tensor:
+        """The FGM ablation's condition: zeros (B, tokens, cond_dim) in place of c_g.
+
+        Zero tokens make every cross-attention key and value its projection's bias (none in the
+        diffusers attention used here), so cross-attention adds only its output bias: the UNet
+        decodes y_t without guidance from x_f (evaluation's ``<model>@no_fgm`` run, Fig. 3).
+        """
+        return y_hat.new_zeros(y_hat.shape[0], self.cfg.fgm.tokens, self.cfg.fgm.cond_dim)
+
     @torch.no_grad()
-    def reconstruct(self, y_hat: Tensor, w: Tensor, tile: int | None = None) -> Tensor:
+    def reconstruct(self, y_hat: Tensor, w: Tensor, tile: int | None = None, guidance: bool = True) -> Tensor:
         """Decoded image (1, 3, 16h, 16w) in [0, 1], tile by tile past ``tile`` latents.
 
         The guidance condition is computed once from the whole x_f (itself decoded in tiles), so
         every tile is steered alike and tiles blend without seams. Attention runs on its
-        thread-count-independent path (sodec.determinism): the same file gives the same pixels
-        with any number of threads.
+        thread-count-independent path (sodec.determinism); convolutions may still round a sample
+        one level apart between thread counts, within the decoding contract (sodec.contract). ``guidance=False`` decodes with :meth:`null_condition`
+        instead of c_g (the FGM ablation; evaluation only).
         """
         tile = tile or self.cfg.tile
         overlap = self.cfg.tile_overlap
         with deterministic_attention():
             if max(y_hat.shape[-2:]) <= tile:
-                return self.decode_latent(y_hat, w).clamp(0, 1)
-            if self.cfg.fgm.guidance_size is None:
+                return self.decode_latent(y_hat, w, c_g=None if guidance else self.null_condition(y_hat)).clamp(0, 1)
+            if not guidance:
+                c_g = self.null_condition(y_hat)
+            elif self.cfg.fgm.guidance_size is None:
                 x_f = tiled_decode(lambda y: self.fidelity_decoder(y).clamp(0, 1), (y_hat,), 16, tile, overlap)
+                c_g = self.fgm(x_f)
+                del x_f
             else:  # a fixed-size preview of the whole image: no tiles needed
-                x_f = self.guidance_image(y_hat).clamp(0, 1)
-            c_g = self.fgm(x_f)
-            del x_f
+                c_g = self.fgm(self.guidance_image(y_hat).clamp(0, 1))
             return tiled_decode(
                 lambda y, w_: self.decode_latent(y, w_, c_g=c_g).clamp(0, 1), (y_hat, w), 16, tile, overlap
             )
