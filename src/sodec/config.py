@@ -33,10 +33,18 @@ class CodecConfig:
     residual_blocks: int = 9
     hyper_channels: int = 320  # width inside h_a / h_s
     hyper_latent_channels: int = 320  # channels of z
+    # Normalisation in g_a / g_s. "channel": HiFiC's ChannelNorm + ReLU (the paper's codec).
+    # "gdn": Ballé's GDN in g_a, inverse GDN in g_s, residual blocks without normalisation. At
+    # 16-channel full-resolution widths ChannelNorm sets every pixel's feature vector to unit
+    # variance, so brightness and saturation survive only in its direction; the small codec
+    # trained that way lost whole hues (issue 11; docs/design.md).
+    norm: str = "channel"
 
     def __post_init__(self) -> None:
         if len(self.encoder_channels) != 5 or len(self.decoder_channels) != 5:
             raise ValueError("encoder/decoder need 5 widths (1 full-res + 4 stride-2 stages)")
+        if self.norm not in ("channel", "gdn"):
+            raise ValueError(f"norm {self.norm!r}: use 'channel' or 'gdn'")
 
     @property
     def stride(self) -> int:
@@ -58,6 +66,16 @@ CODEC_PRESETS: dict[str, CodecConfig] = {
         residual_blocks=3,
         hyper_channels=96,
         hyper_latent_channels=48,
+    ),
+    # The small codec with GDN (see CodecConfig.norm): what stage 1 trains from now on.
+    "small-gdn": CodecConfig(
+        latent_channels=64,
+        encoder_channels=(16, 32, 64, 96, 128),
+        decoder_channels=(128, 96, 64, 32, 16),
+        residual_blocks=3,
+        hyper_channels=96,
+        hyper_latent_channels=48,
+        norm="gdn",
     ),
     # A few channels only: for tests.
     "tiny": CodecConfig(

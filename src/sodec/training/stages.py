@@ -65,6 +65,8 @@ class StageConfig:
     crop: int = 128
     seed: int = 0
     data: str = "../shared/data/train"
+    # More image folders trained on beside ``data`` (the held-out split is drawn over all of them).
+    extra_data: tuple[str, ...] = ()
     holdout: float = 0.05
     val_images: int = 4
     validate_every: int = 500
@@ -131,6 +133,11 @@ def stage_from_dict(d: dict[str, Any], base_dir: Path | None = None) -> StageCon
             v = d.get(key)
             if isinstance(v, str) and (v.startswith("./") or v.startswith("../")):
                 d[key] = str((base_dir / v).resolve())
+        if isinstance(d.get("extra_data"), list):
+            d["extra_data"] = [
+                str((base_dir / v).resolve()) if isinstance(v, str) and v.startswith((".", "..")) else v
+                for v in d["extra_data"]
+            ]
     if "losses" in d:
         d["losses"] = {k: float(v) for k, v in d["losses"].items()}
     return from_dict(StageConfig, d)

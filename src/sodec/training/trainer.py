@@ -234,7 +234,7 @@ class Trainer:
             )
             if self.disc is not None:
                 self.disc = nn.parallel.DistributedDataParallel(self.disc, broadcast_buffers=False)
-        files = list_images(stage.data)
+        files = list_images(stage.data) + [f for d in stage.extra_data for f in list_images(d)]
         train_files, held = split_holdout(files, stage.holdout, stage.seed)
         self.sampler = CropSampler(train_files, stage.crop, stage.seed)
         # Validation codes real files, which says nothing while only the VAE trains.
