@@ -2,7 +2,8 @@
 
     python benchmarks/encode_memory.py [--image PATH] [--model NAME] [--untiled] [--readme README.md]
 
-Each measurement runs in a fresh process: read the image, load the model, ``api.compress``; it
+Each measurement runs in a fresh process: read the image, load what ``sodec compress`` loads
+(``api.load_encoder``: a SODEC model's codec only), ``api.compress``; it
 reports that process's peak RSS (VmHWM) and the RSS once the model and image were loaded.
 ``--untiled`` also measures the same encode with g_a run on the whole image at once (the
 encoder before tiling) for comparison. Goal (issue 12): <= 1.5 GiB peak at 12 MP.
@@ -33,7 +34,7 @@ def status(field):
 if sys.argv[3] == 'untiled':
     vae_codec.ENCODE_TILE = 1 << 20  # one window: g_a over the whole image
 image, _ = read_image(sys.argv[1])
-model = api.load_model(sys.argv[2])
+model = api.load_encoder(sys.argv[2])  # what `sodec compress` loads: a SODEC model's codec only
 base = status('VmRSS')
 t = time.perf_counter()
 data = api.compress(model, image)

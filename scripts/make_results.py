@@ -140,8 +140,12 @@ def load_models(result: EvaluationResult) -> dict[str, api.Model]:
     return cache
 
 
-def reconstruct(run: CodecRun, file: str, image: np.ndarray, cache: dict[str, api.Model]) -> np.ndarray:
-    """Redo one image of a run and check the file size equals the recorded one."""
+def reconstruct(
+    run: CodecRun, file: str, image: np.ndarray, cache: dict[str, api.Model], threads: int = 1
+) -> np.ndarray:
+    """Redo one image of a run and check the file size equals the recorded one.
+
+    ``threads``: the evaluation's thread count; AVIF's encoder output depends on it."""
     rec = next(r for r in run.images if r.file == file)
     if run.kind == "sodec":
         model = cache[run.settings.get("source") or run.codec]
@@ -152,8 +156,8 @@ def reconstruct(run: CodecRun, file: str, image: np.ndarray, cache: dict[str, ap
     else:
         codec = baselines.get(run.codec)
         assert rec.quality is not None
-        data = codec.encode(image, rec.quality)
-        decode = lambda: codec.decode(data)  # noqa: E731
+        data = codec.encode(image, rec.quality, threads)
+        decode = lambda: codec.decode(data, threads)  # noqa: E731
     if len(data) != rec.bytes:
         raise SystemExit(
             f"{run.label} on {file}: {len(data)} bytes now, {rec.bytes} in the results; rerun sodec evaluate"
@@ -212,7 +216,7 @@ def make_crops(
             tiles.append(
                 (
                     f"{series_name(r) if r.kind == 'classical' else r.label}\n{rec.bpp:.4f} bpp{extra}",
-                    crop(reconstruct(r, file, image, cache)),
+                    crop(reconstruct(r, file, image, cache, int(result.environment.get("torch_threads", 1)))),
                 )
             )
         path = out / f"{dataset_name(result)}-crops-{run.label}.png"

@@ -64,9 +64,22 @@ def evaluated(tiny_model, data_dir, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("out") / "results.json"
     w = find_weights()
     argv = ["evaluate", "--model", str(tiny_model), "--data", str(data_dir), "--out", str(out), "-q"]
-    argv += ["--baselines", "jpeg,webp,avif,jxl"] + (["--weights-dir", str(w)] if w else [])
+    argv += ["--baselines", "jpeg,webp,avif,jxl", "--metrics", "all"] + (["--weights-dir", str(w)] if w else [])
     assert cli.main(argv) == 0
     return out, json.loads(out.read_text())
+
+
+def test_metrics_option_selects_per_image_metrics(tiny_model, data_dir, tmp_path):
+    """Default: every per-image metric but LPIPS-VGG; --metrics names them; unknown names refused."""
+    from sodec.metrics import DEFAULT_METRICS
+
+    assert "lpips_vgg" not in DEFAULT_METRICS and "lpips_alex" in DEFAULT_METRICS
+    out = tmp_path / "r.json"
+    argv = ["evaluate", "--model", str(tiny_model), "--data", str(data_dir), "--out", str(out), "-q"]
+    assert cli.main([*argv, "--baselines", "none", "--limit", "1", "--metrics", "psnr,ms_ssim"]) == 0
+    rec = json.loads(out.read_text())["runs"][0]["images"][0]["metrics"]
+    assert list(rec) == ["psnr", "ms_ssim"]
+    assert cli.main([*argv, "--baselines", "none", "--limit", "1", "--metrics", "psnr,sharpness"]) == 2
 
 
 def test_evaluate_writes_every_record(evaluated, data_dir):

@@ -306,7 +306,8 @@ def test_inception_reference_features(inception):
         full = np.asarray(im.convert("RGB"))
         small = np.asarray(im.convert("RGB").resize((299, 299), Image.BILINEAR))
     f = inception(small[None])[0]  # already 299x299: fed without resizing
-    assert (f.mean(), f.std(ddof=1), f.max()) == pytest.approx((0.267642, 0.381448, 3.237487), abs=3e-6)
+    # 1e-5: the README's values are rounded to 6 digits and float32 sums differ by thread count.
+    assert (f.mean(), f.std(ddof=1), f.max()) == pytest.approx((0.267642, 0.381448, 3.237487), abs=1e-5)
     assert int(f.argmax()) == 690 and f[:3] == pytest.approx([0.00890, 0.03304, 0.02541], abs=6e-6)
     g = inception(full[None])[0]  # 768x512 resized by pytorch-fid's convention (bilinear)
     assert (g.mean(), g.std(ddof=1)) == pytest.approx((0.275447, 0.379689), abs=3e-6)

@@ -141,7 +141,13 @@ class CodecRun:
             out["encodes"] = {"mean": float(np.mean(counts)), "max": int(max(counts))} if counts else None
         names = list(dict.fromkeys(k for r in self.images for k in r.metrics))
         metrics = {
-            k: mean_metric([r.metrics.get(k, Metric.absent("not computed")) for r in self.images]) for k in names
+            k: mean_metric(
+                [
+                    r.metrics.get(k, Metric.absent("not computed (sodec evaluate --metrics all computes every metric)"))
+                    for r in self.images
+                ]
+            )
+            for k in names
         }
         out["metrics"] = {k: m.to_json() for k, m in {**metrics, **self.set_metrics}.items()}
         return out
