@@ -204,3 +204,22 @@ def test_compress_refuses_over_max_pixels() -> None:
     with pytest.raises(errors.LimitsError, match="padded to 192x128"):
         api.compress(model, image, max_pixels=20_000)
     assert api.compress(model, image, max_pixels=None)  # None: no limit
+
+
+def test_gdn_codec_codes_and_keeps_its_config() -> None:
+    """CodecConfig.norm = "gdn": GDN in g_a, inverse GDN in g_s; same coding API, bytes decode."""
+    cfg = dataclasses.replace(CODEC_PRESETS["tiny"], norm="gdn")
+    assert from_json(to_json(cfg)) == cfg
+    torch.manual_seed(0)
+    codec = VAECodec(cfg).eval()
+    codec.update(force=True)
+    assert any(type(m).__name__ == "GDN" for m in codec.g_a.modules())
+    assert not any(type(m).__name__ == "ChannelNorm2d" for m in codec.modules())
+    x = torch.rand(1, 3, 128, 192)
+    out = codec(x)
+    assert out.x_hat.shape == x.shape and out.y_hat.shape == (1, cfg.latent_channels, 8, 12)
+    streams = codec.compress(x)
+    dec = codec.decompress(streams)
+    torch.testing.assert_close(dec.y_hat, codec.encode_latents(x)[0])
+    with pytest.raises(ValueError, match="norm"):
+        dataclasses.replace(cfg, norm="batch")

@@ -737,3 +737,20 @@ def test_a_run_made_before_a_stage_option_existed_still_matches():
     assert not same_stage(json.dumps({**old, "lr": 5e-4}), s)
     assert not same_stage(json.dumps({**old, "no_such_option": 1}), s)
     assert not same_stage("not json at all", s)
+
+
+def test_extra_data_folders_join_the_training_set(tmp_path, data_dir):
+    """``extra_data``: more image folders beside ``data`` (relative to the stage file), all in
+    the held-out split and the sampler."""
+    extra = tmp_path / "more"
+    extra.mkdir()
+    for i in range(3):
+        Image.fromarray(random_image(96, 128, seed=50 + i)).save(extra / f"extra{i}.png")
+    path = tmp_path / "stage.toml"
+    path.write_text(f'{CODEC_ONLY}\n{COMMON}\ndata = "{data_dir.as_posix()}"\nextra_data = ["./more"]\n')
+    stage = load_stage(path)
+    assert stage.extra_data == (str(extra.resolve()),)
+    tr = Trainer(stage, tmp_path / "run", progress=False)
+    train, _ = split_holdout(list_images(data_dir) + list_images(extra), stage.holdout, stage.seed)
+    assert tr.sampler.files == train
+    assert any(p.parent == extra.resolve() for p in tr.sampler.files)
