@@ -23,6 +23,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from helpers import random_image, shared_weights_dir
+from sodec import api
 from sodec.checkpoint import load_checkpoint, read_checkpoint, sha256_file
 from sodec.cli import main
 from sodec.data import CropSampler, list_images, split_holdout
@@ -754,3 +755,17 @@ def test_extra_data_folders_join_the_training_set(tmp_path, data_dir):
     train, _ = split_holdout(list_images(data_dir) + list_images(extra), stage.holdout, stage.seed)
     assert tr.sampler.files == train
     assert any(p.parent == extra.resolve() for p in tr.sampler.files)
+
+
+def test_final_checkpoint_codes_without_validation_and_nan_stops(tmp_path, data_dir):
+    """No held-out images: the final file still has its entropy tables (it can compress); a
+    non-finite loss stops the stage with a one-line error instead of saving NaN weights."""
+    stage = stage_from_toml(tmp_path, data_dir, CODEC_ONLY, holdout=0.0, val_images=0, steps=2)
+    res = Trainer(stage, tmp_path / "run", progress=False).run()
+    model = api.load_model(res.checkpoint)
+    assert api.decompress(api.compress(model, random_image(64, 64, seed=3)), model).shape == (64, 64, 3)
+    tr = Trainer(stage, tmp_path / "nan", progress=False)
+    with torch.no_grad():
+        next(tr.model.g_s.parameters()).fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        tr.run()

@@ -478,7 +478,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             results = run_schedule(load_schedule(args.config, **overrides), out, **kw)
         else:
             results = [run_stage(load_stage(args.config, **overrides), out, **kw)]
-    except (ValueError, FileNotFoundError, tomllib.TOMLDecodeError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError, tomllib.TOMLDecodeError) as e:
         # Bad stage files, refused run folders, missing data: the user's to fix, not a crash.
         raise UsageError(str(e).splitlines()[0]) from None
     for r in results:

@@ -319,6 +319,12 @@ class Trainer:
             if k in stage.losses:
                 terms[k] = v
         loss = sum(stage.losses[k] * v for k, v in terms.items()) + lam * rate
+        if not torch.isfinite(loss):
+            # Going on would only write NaN weights into every later checkpoint.
+            raise FloatingPointError(
+                f"stage {stage.name!r}: non-finite loss at step {self.step} "
+                f"({ {k: float(v.detach()) for k, v in terms.items()} }); lower lr or resume from the last checkpoint"
+            )
         if self.disc is not None:
             g_adv = self.disc(out.x_hat, out.y_hat.detach())
             terms["gan"] = torch.nn.functional.softplus(-g_adv).mean()
@@ -488,6 +494,9 @@ class Trainer:
             if self.val_files and not (every and self.step % every == 0):  # else run() just did it
                 last.update(self._log_val())
             self.model.eval()
+            # The shipped file must code: its entropy tables are built here whether or not a
+            # validation pass (which also builds them) ran.
+            self.codec.update(force=True)  # type: ignore[operator]
             cfg = self.model.cfg  # type: ignore[attr-defined]
             sha = save_checkpoint(ckpt, self.model, self.kind, cfg, {"sodec.stage": self.stage.name})
             (self.run_dir / "model.sha256").write_text(f"{sha}  model.safetensors\n")
