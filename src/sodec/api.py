@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import container, registry
+from . import container, fileinfo, registry
 from .checkpoint import load_checkpoint, sha256_file
 from .errors import (
     CorruptedError,
@@ -32,7 +32,7 @@ from .errors import (
 )
 from .models.vae_codec import VAECodec, tables_from_checkpoint
 
-PAD_MULTIPLE = 64  # z sits at stride 64; SODEC's UNet needs its latent divisible by 8 (= 64 px)
+PAD_MULTIPLE = fileinfo.PAD_MULTIPLE  # z sits at stride 64; SODEC's UNet needs its latent divisible by 8 (= 64 px)
 
 
 @dataclass
@@ -155,15 +155,8 @@ def pad_to(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
 def check_encode_size(width: int, height: int, max_pixels: int | None = container.DEFAULT_MAX_PIXELS) -> None:
     """Refuse an image the encoder should not start on: a side out of the format's range
     (:class:`UsageError`), or a padded area over ``max_pixels`` (:class:`LimitsError`; None = no
-    limit). Needs no model and no torch work, so callers can run it before loading one."""
-    if not (1 <= height <= container.MAX_SIDE and 1 <= width <= container.MAX_SIDE):
-        raise UsageError(f"image size {width}x{height} out of range")
-    wp, hp = padded_size(width, height)
-    if max_pixels is not None and wp * hp > max_pixels:
-        raise LimitsError(
-            f"image of {width}x{height} is coded padded to {wp}x{hp}, over the limit of {max_pixels} pixels"
-            " (--max-pixels 0 lifts it)"
-        )
+    limit). Needs no model and no torch work (:func:`sodec.fileinfo.check_size`)."""
+    fileinfo.check_size(width, height, max_pixels)
 
 
 def compress(model: Model, image: np.ndarray, max_pixels: int | None = container.DEFAULT_MAX_PIXELS) -> bytes:
@@ -218,9 +211,7 @@ def model_for(header: container.Header, base_weights: str | os.PathLike[str] | N
     return load_model(entry.name, base_weights=base_weights)
 
 
-def padded_size(width: int, height: int) -> tuple[int, int]:
-    """(W, H) rounded up to multiples of PAD_MULTIPLE: the area the decoder actually works on."""
-    return -(-width // PAD_MULTIPLE) * PAD_MULTIPLE, -(-height // PAD_MULTIPLE) * PAD_MULTIPLE
+padded_size = fileinfo.padded_size  # (W, H) -> the padded area the codec works on
 
 
 # Zero bytes appended to each stream before it reaches CompressAI's rANS decoder. That decoder
@@ -328,29 +319,6 @@ def decompress(
 
 
 def info(data: bytes, max_pixels: int | None = container.DEFAULT_MAX_PIXELS) -> dict[str, Any]:
-    """What a file holds: header fields, sizes, bpp from the file's bytes (header included)."""
-    box = container.unpack(data, max_pixels)
-    h = box.header
-    known: str | None
-    try:
-        known = registry.get(h.model_id).kind
-    except SodecError:
-        known = None
-    return {
-        "format_version": h.version,
-        "model": h.model_id,
-        "model_installed": known is not None,
-        "model_kind": known,
-        "weights_id": h.weights_id.hex(),
-        "width": h.width,
-        "height": h.height,
-        "padded_to": list(padded_size(h.width, h.height)),
-        "padding": "edge-replicate, bottom/right",
-        "entropy_coder": container.CODERS[h.coder],
-        "streams": {"z": h.stream_lengths[0], "y": h.stream_lengths[1]}
-        if len(h.stream_lengths) == 2
-        else list(h.stream_lengths),
-        "header_bytes": h.header_len,
-        "file_bytes": box.file_size,
-        "bpp": box.bpp(),
-    }
+    """What a file holds: header fields, sizes, bpp from the file's bytes (header included).
+    Reads the container only (:func:`sodec.fileinfo.info`, which needs no torch)."""
+    return fileinfo.info(data, max_pixels)

@@ -67,16 +67,6 @@ CODEC_PRESETS: dict[str, CodecConfig] = {
         hyper_channels=96,
         hyper_latent_channels=48,
     ),
-    # The small codec with GDN (see CodecConfig.norm): what stage 1 trains from now on.
-    "small-gdn": CodecConfig(
-        latent_channels=64,
-        encoder_channels=(16, 32, 64, 96, 128),
-        decoder_channels=(128, 96, 64, 32, 16),
-        residual_blocks=3,
-        hyper_channels=96,
-        hyper_latent_channels=48,
-        norm="gdn",
-    ),
     # A few channels only: for tests.
     "tiny": CodecConfig(
         latent_channels=8,
@@ -87,6 +77,9 @@ CODEC_PRESETS: dict[str, CodecConfig] = {
         hyper_latent_channels=4,
     ),
 }
+
+# The small codec with GDN (see CodecConfig.norm): what stage 1 trains from now on.
+CODEC_PRESETS["small-gdn"] = dataclasses.replace(CODEC_PRESETS["small"], norm="gdn")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 ``sodec info`` and the CLI's checks before a model loads use these, so they answer in a blink
 (``python -X importtime -m sodec.cli info a.sodec`` shows no torch). :func:`info` returns the
-same dict as :func:`sodec.api.info` (tests/test_cli.py compares them on a real file).
+dict :func:`sodec.api.info` returns (that one calls this).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from . import container, registry
 from .errors import LimitsError, SodecError, UsageError
 
-# The codec works on images padded to this multiple (z sits at stride 64); = sodec.api.PAD_MULTIPLE.
+# The codec works on images padded to this multiple (z sits at stride 64); sodec.api uses it too.
 PAD_MULTIPLE = 64
 
 
@@ -23,7 +23,7 @@ def padded_size(width: int, height: int) -> tuple[int, int]:
 
 def check_size(width: int, height: int, max_pixels: int | None, verb: str = "coded") -> None:
     """Refuse a side outside the format's range (UsageError) or a padded area over ``max_pixels``
-    (LimitsError; None = no limit), as :func:`sodec.api.check_encode_size` does."""
+    (LimitsError; None = no limit); :func:`sodec.api.check_encode_size` is this for encoding."""
     if not (1 <= height <= container.MAX_SIDE and 1 <= width <= container.MAX_SIDE):
         raise UsageError(f"image size {width}x{height} out of range")
     wp, hp = padded_size(width, height)

@@ -110,21 +110,7 @@ def tiled_analysis(fn: Callable[[Tensor], Tensor], x: Tensor, stride: int, tile:
     H, W = x.shape[-2:]
     if H % stride or W % stride:
         raise ValueError(f"image size {W}x{H} is not a multiple of the stride {stride}")
-    h, w = H // stride, W // stride
-    if h <= tile and w <= tile:
-        return fn(x)
-    out: Tensor | None = None
-    for y0 in range(0, h, tile):
-        for x0 in range(0, w, tile):
-            th, tw = min(tile, h - y0), min(tile, w - x0)
-            a0, a1 = max(0, y0 - margin), min(h, y0 + th + margin)
-            b0, b1 = max(0, x0 - margin), min(w, x0 + tw + margin)
-            piece = fn(x[..., a0 * stride : a1 * stride, b0 * stride : b1 * stride])  # (1, C, a1-a0, b1-b0)
-            if out is None:
-                out = piece.new_empty(1, piece.size(1), h, w)
-            out[..., y0 : y0 + th, x0 : x0 + tw] = piece[..., y0 - a0 : y0 - a0 + th, x0 - b0 : x0 - b0 + tw]
-    assert out is not None
-    return out
+    return _tiled_cells(fn, x, stride, 1, tile, margin)
 
 
 def tiled_upsample(fn: Callable[[Tensor], Tensor], z: Tensor, scale: int, tile: int, margin: int) -> Tensor:
@@ -135,21 +121,30 @@ def tiled_upsample(fn: Callable[[Tensor], Tensor], z: Tensor, scale: int, tile: 
     output. With ``margin`` past ``fn``'s receptive-field radius the result equals an untiled call
     up to summation order; an input that fits one tile is one call, identical to no tiling.
     """
-    h, w = z.shape[-2:]
+    return _tiled_cells(fn, z, 1, scale, tile, margin)
+
+
+def _tiled_cells(
+    fn: Callable[[Tensor], Tensor], x: Tensor, cell_in: int, cell_out: int, tile: int, margin: int
+) -> Tensor:
+    """Shared loop of :func:`tiled_analysis` and :func:`tiled_upsample`: ``fn`` maps ``cell_in``
+    input samples to ``cell_out`` output samples per grid cell along each side; cores of ``tile``
+    cells are computed from windows ``margin`` cells wider and kept alone. One call when it fits."""
+    h, w = x.shape[-2] // cell_in, x.shape[-1] // cell_in
     if h <= tile and w <= tile:
-        return fn(z)
+        return fn(x)
     out: Tensor | None = None
     for y0 in range(0, h, tile):
         for x0 in range(0, w, tile):
             th, tw = min(tile, h - y0), min(tile, w - x0)
             a0, a1 = max(0, y0 - margin), min(h, y0 + th + margin)
             b0, b1 = max(0, x0 - margin), min(w, x0 + tw + margin)
-            piece = fn(z[..., a0:a1, b0:b1])  # (1, C', scale*(a1-a0), scale*(b1-b0))
+            piece = fn(x[..., a0 * cell_in : a1 * cell_in, b0 * cell_in : b1 * cell_in])
             if out is None:
-                out = piece.new_empty(1, piece.size(1), h * scale, w * scale)
-            oy, ox = (y0 - a0) * scale, (x0 - b0) * scale
-            out[..., y0 * scale : (y0 + th) * scale, x0 * scale : (x0 + tw) * scale] = piece[
-                ..., oy : oy + th * scale, ox : ox + tw * scale
+                out = piece.new_empty(1, piece.size(1), h * cell_out, w * cell_out)
+            oy, ox = (y0 - a0) * cell_out, (x0 - b0) * cell_out
+            out[..., y0 * cell_out : (y0 + th) * cell_out, x0 * cell_out : (x0 + tw) * cell_out] = piece[
+                ..., oy : oy + th * cell_out, ox : ox + tw * cell_out
             ]
     assert out is not None
     return out
