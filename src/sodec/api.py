@@ -29,6 +29,7 @@ from .errors import (
     UsageError,
     WeightsError,
     WrongModelError,
+    out_of_memory,
 )
 from .models.vae_codec import VAECodec, tables_from_checkpoint
 
@@ -179,12 +180,11 @@ def compress(model: Model, image: np.ndarray, max_pixels: int | None = container
         x = torch.from_numpy(np.array(padded, copy=True)).permute(2, 0, 1)[None]  # (1, 3, Hp, Wp) uint8
         with torch.inference_mode():
             streams = model.codec.compress(x)
-    except MemoryError as e:
-        raise LimitsError(f"not enough memory to encode a {w}x{h} image") from e
-    except RuntimeError as e:
-        if "allocate" not in str(e) and "memory" not in str(e).lower():
+    except (MemoryError, RuntimeError) as e:
+        err = out_of_memory(e, f"encode a {w}x{h} image")
+        if err is None:
             raise
-        raise LimitsError(f"not enough memory to encode a {w}x{h} image") from e
+        raise err from e
     header = container.Header(
         model.model_id, model.weights_id, w, h, (len(streams.z), len(streams.y)), streams.symbols_crc
     )
@@ -236,9 +236,10 @@ def check_stream(name: str, length: int, n_symbols: int) -> None:
 
 
 def _decode_failed(e: BaseException) -> SodecError:
+    oom = out_of_memory(e, "decode this image")
+    if oom is not None:
+        return oom
     msg = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-    if isinstance(e, MemoryError) or "allocate" in msg:
-        return LimitsError(f"not enough memory to decode this image ({msg})")
     return CorruptedError(f"entropy decoding failed ({msg})")
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from . import __version__
 from .container import DEFAULT_MAX_PIXELS  # the container module is torch-free (struct, zlib)
-from .errors import LimitsError, OutputExistsError, SodecError, UsageError
+from .errors import LimitsError, OutputExistsError, SodecError, UsageError, out_of_memory
 
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in sodec, not bad input
 IMAGE_SUFFIXES = {".png": "PNG", ".ppm": "PPM", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
@@ -45,11 +45,8 @@ the exit code is then that of the first failure."""
 
 
 def _memory_error(e: BaseException) -> LimitsError | None:
-    """MemoryError, or torch's "can't allocate memory" RuntimeError, as the one-line LimitsError."""
-    text = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "alloc" in text.lower()):
-        return LimitsError(f"not enough memory ({text}); try a smaller --tile or a smaller image")
-    return None
+    """Running out of memory as the one-line LimitsError (:func:`sodec.errors.out_of_memory`)."""
+    return out_of_memory(e, "finish (try a smaller --tile or a smaller image)")
 
 
 def _limit(args: argparse.Namespace) -> int | None:

@@ -83,3 +83,13 @@ class OutputExistsError(SodecError):
     """The output file exists already; ``-f/--force`` replaces it (as gzip and zstd ask)."""
 
     exit_code = 10
+
+
+def out_of_memory(e: BaseException, doing: str) -> LimitsError | None:
+    """``MemoryError``, or torch's "can't allocate memory" RuntimeError, as the one-line
+    :class:`LimitsError` ("not enough memory to <doing> (...)"); None for any other error.
+    The one place that tells running out of memory from a bug, for the api and the CLI alike."""
+    text = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "alloc" in text.lower()):
+        return LimitsError(f"not enough memory to {doing} ({text})")
+    return None
