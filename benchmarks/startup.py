@@ -275,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of the timed processes (default 2)")
     p.add_argument(
         "--codec-model",
-        default="codec-small-low-q2" if "codec-small-low-q2" in codecs else (codecs or [""])[0],
-        help="plain codec model (default codec-small-low-q2)",
+        default="codec-small-q2" if "codec-small-q2" in codecs else (codecs or [""])[0],
+        help="plain codec model (default codec-small-q2)",
     )
     p.add_argument("--sodec-model", default=registry.default_name(), help="SODEC model (default: the shipped default)")
     p.add_argument("--batch-model", default=None, help="model of the 24-file comparison (default: the SODEC model)")

@@ -33,8 +33,22 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="store parameters as float16 (buffers such as CDF tables stay exact): half the size",
     )
+    p.add_argument(
+        "--codec-only",
+        action="store_true",
+        help="ship the codec inside a SODEC checkpoint as a plain codec (its g_s decodes: x_vae)",
+    )
+    p.add_argument(
+        "--rate-weight", type=float, help="record this final lambda (a run whose last stage did not steer it)"
+    )
+    p.add_argument("--target-bpp", type=float, help="record this rate target (likewise)")
     a = p.parse_args(argv)
     kind, cfg, state, meta = read_checkpoint(a.checkpoint)
+    if a.codec_only:
+        if kind != "sodec":
+            raise SystemExit("--codec-only needs a SODEC checkpoint")
+        kind, cfg = "codec", cfg.codec
+        state = {k[len("codec.") :]: v for k, v in state.items() if k.startswith("codec.")}
     model = build_model(kind, cfg)
     model.load_state_dict(state, strict=True)
     dest = weights_folder() / f"{a.name}.safetensors"
@@ -71,8 +85,11 @@ def main(argv: list[str] | None = None) -> int:
             "file": dest.name,
             "sha256": sha,
             "description": a.description,
-            "rate_weight": final_lambda or train_meta.get("rate_weight_end") or train_meta.get("rate_weight"),
-            "target_bpp": train_meta.get("target_bpp"),
+            "rate_weight": a.rate_weight
+            or final_lambda
+            or train_meta.get("rate_weight_end")
+            or train_meta.get("rate_weight"),
+            "target_bpp": a.target_bpp or train_meta.get("target_bpp"),
             "kodak_bpp": a.kodak_bpp,
         }
     )

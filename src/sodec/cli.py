@@ -465,7 +465,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.stages import load_schedule, load_stage
     from .training.trainer import run_schedule, run_stage
 
-    overrides = {"steps": args.steps, "rate_weight": args.rate_weight, "target_bpp": args.target_bpp, "data": args.data}
+    overrides = {
+        "steps": args.steps,
+        "rate_weight": args.rate_weight,
+        "target_bpp": args.target_bpp,
+        # Folders given on the command line are relative to where it runs, not to the stage file.
+        "data": str(Path(args.data).resolve()) if args.data else None,
+        "extra_data": [str(Path(d).resolve()) for d in args.extra_data] if args.extra_data is not None else None,
+        "max_seconds": args.max_seconds,
+        "init": str(Path(args.init).resolve()) if args.init and Path(args.init).exists() else args.init,
+    }
     out = args.out or str(Path("runs") / Path(args.config).stem)
     kw = {"resume": not args.restart, "weights_dir": args.weights_dir, "progress": _progress_on(args)}
     try:
@@ -628,7 +637,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=_int_at_least(1), help="override the stage's number of steps")
     t.add_argument("--rate-weight", type=float, help="override the rate weight lambda (> 0)")
     t.add_argument("--target-bpp", type=float, help="override the stage's rate target in bpp (lambda is steered to it)")
+    t.add_argument("--init", help="start from this checkpoint or registered model name (overrides the stage's init)")
     t.add_argument("--data", help="override the training image folder")
+    t.add_argument(
+        "--extra-data", nargs="*", metavar="DIR", help="override the stage's extra image folders (none: only --data)"
+    )
+    t.add_argument(
+        "--max-seconds",
+        type=float,
+        help="override each stage's wall-clock budget in seconds (0 = none: train the stage's steps)",
+    )
     t.add_argument("--weights-dir", help="folder with the LPIPS/DISTS backbone weights (default: $SODEC_WEIGHTS_DIR)")
     t.add_argument("--restart", action="store_true", help="ignore an existing train_state and start over")
     common(t)

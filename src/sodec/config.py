@@ -126,6 +126,9 @@ class UNetConfig:
     use_linear_projection: bool = True
     norm_num_groups: int = 32
     sample_size: int = 96
+    # Latent channels in and out: SD's VAE has 4, TAEF2 (the small preset's latent space) 32.
+    in_channels: int = 4
+    out_channels: int = 4
     # LoRA (peft) on the frozen UNet; rank 0 = no adapter, the UNet itself trains (small preset:
     # there is no pretrained prior at that size to keep frozen).
     lora_rank: int = 4
@@ -134,8 +137,8 @@ class UNetConfig:
     def diffusers_kwargs(self) -> dict:
         return {
             "sample_size": self.sample_size,
-            "in_channels": 4,
-            "out_channels": 4,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
             "down_block_types": self.down_block_types,
             "up_block_types": self.up_block_types,
             "block_out_channels": self.block_out_channels,
@@ -222,7 +225,51 @@ class DiffusionConfig:
     beta_start: float = 0.00085
     beta_end: float = 0.012
     beta_schedule: str = "scaled_linear"
+    # "epsilon" (paper): the UNet predicts noise and y_0 follows from the DDPM forward process at
+    # t, as SD 2.1 was trained. "residual" (small preset): y_0 = y_t + UNet(y_t, t, c_g). With no
+    # pretrained prior to keep, the epsilon form only multiplies the UNet's error by
+    # sqrt((1 - abar) / abar) = 14.6 at t = 999; the residual form starts as T_s's latent (the
+    # UNet's last layer starts at zero) and the UNet learns the correction. docs/design.md.
     prediction_type: str = "epsilon"
+
+    def __post_init__(self) -> None:
+        if self.prediction_type not in ("epsilon", "residual"):
+            raise ValueError(f"prediction_type {self.prediction_type!r}: use 'epsilon' or 'residual'")
+
+
+@dataclass(frozen=True)
+class TAEConfig:
+    """Widths and depths of a TAESD-style autoencoder (models/taef2.py). The defaults are TAEF2's.
+
+    Levels run from full resolution (level 0) to 1/8 (level 3); each stride-2 step sits between
+    two levels. A narrower or shallower decoder for distillation is the same code with another
+    config, e.g. ``TAEConfig(width=48, dec_blocks=(3, 3, 2, 0), global_branch_at_1_8=False)``;
+    only the default config matches the pretrained files' keys and shapes.
+    """
+
+    width: int = 64  # every hidden conv; residual blocks keep it (so no block needs a skip conv)
+    latent_channels: int = 32  # FLUX.2's latent width
+    image_channels: int = 3
+    # Residual blocks per level in the encoder, full resolution first: (1, 3, 3, 3) in TAEF2.
+    enc_blocks: tuple[int, int, int, int] = (1, 3, 3, 3)
+    # Residual blocks per level in the decoder, 1/8 first: (3, 3, 3, 1) in TAEF2.
+    dec_blocks: tuple[int, int, int, int] = (3, 3, 3, 1)
+    # Blocks at 1/8 resolution (encoder's last level, decoder's first) carry the global branch:
+    # 1x1 conv to 4*width, GroupNorm(4), ReLU, 1x1 conv back; its output is added to the input.
+    # GroupNorm pools over the whole image, so a decoder with it decodes a tile differently from
+    # the same region inside the whole image; D_m (distilled) goes without it.
+    global_branch_at_1_8: bool = True
+    global_expand: int = 4  # hidden width of the global branch = global_expand * width
+    global_groups: int = 4
+    latent_clamp: float = 3.0  # decoder's soft clamp c * tanh(z / c)
+
+    def __post_init__(self) -> None:
+        if self.width <= 0 or self.latent_channels <= 0 or self.image_channels <= 0:
+            raise ValueError("TAEConfig widths must be positive")
+        if len(self.enc_blocks) != 4 or len(self.dec_blocks) != 4 or min(*self.enc_blocks, *self.dec_blocks) < 0:
+            raise ValueError("TAEConfig enc_blocks/dec_blocks need 4 non-negative counts (one per level)")
+        if (self.global_expand * self.width) % self.global_groups:
+            raise ValueError("global branch width must be divisible by global_groups")
 
 
 @dataclass(frozen=True)
@@ -241,37 +288,53 @@ class SodecConfig:
     # Decoded tile size in codec-latent units (x16 px) and overlap; see sodec.tiling.
     tile: int = 64
     tile_overlap: int = 4
+    # D_m in TAEF2's latent space (small preset): a TAESD-style decoder of this config replaces
+    # the SD VAE (``vae`` is then unused), initialised from / distilled from TAEF2's decoder, and
+    # the UNet and T_s work on its 32-channel latent. None: SD's VAE (paper preset).
+    latent_decoder: TAEConfig | None = None
+    # The latent space's own encoder (training only: target latents, never in a checkpoint).
+    latent_space: str = "sd-vae"
+
+    def __post_init__(self) -> None:
+        if self.latent_space not in ("sd-vae", "taef2"):
+            raise ValueError(f"latent_space {self.latent_space!r}: use 'sd-vae' or 'taef2'")
+        if (self.latent_space == "taef2") != (self.latent_decoder is not None):
+            raise ValueError("latent_space 'taef2' goes with a latent_decoder config, 'sd-vae' without one")
+        if self.latent_decoder is not None:
+            c = self.latent_decoder.latent_channels
+            if not (self.transform.out_channels == self.unet.in_channels == self.unet.out_channels == c):
+                raise ValueError(f"T_s and the UNet must work on the latent decoder's {c} channels")
 
 
 SODEC_PRESETS: dict[str, SodecConfig] = {
     "paper": SodecConfig(base_weights="stabilityai/sd-turbo"),
+    # The small preset (issue 11): TAEF2's latent space and a D_m distilled from its decoder in
+    # place of an SD VAE trained from scratch; the GDN codec (keeps colour); a residual UNet.
     "small": SodecConfig(
-        codec=CODEC_PRESETS["small"],
-        transform=TransformConfig(hidden_channels=64, residual_blocks=2),
-        # Widths chosen by measured CPU cost at 768x512 (benchmarks/decode_speed.py): the UNet is
-        # made the largest part (wide layers run efficiently on CPU), the full-resolution VAE
-        # decoder as narrow as possible, since its memory-bound layers decide decode time.
+        codec=CODEC_PRESETS["small-gdn"],
+        transform=TransformConfig(hidden_channels=128, residual_blocks=2, out_channels=32),
         # No attention at the top level: self-attention over every latent pixel dominates CPU
-        # time there; the condition still enters at 1/2 and 1/4 of the latent size and mid-block.
+        # time there; the condition enters at 1/2 and 1/4 of the latent size and mid-block.
         unet=UNetConfig(
             block_out_channels=(64, 128, 128),
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            layers_per_block=2,
+            layers_per_block=1,
             attention_head_dim=(2, 4, 4),
             cross_attention_dim=64,
             norm_num_groups=8,
             sample_size=32,
+            in_channels=32,
+            out_channels=32,
             lora_rank=0,
         ),
-        vae=AutoencoderConfig(
-            block_out_channels=(8, 16, 32, 32),
-            layers_per_block=1,
-            norm_num_groups=8,
-            scaling_factor=1.0,
-            sample_size=256,
-            mid_block_attention=False,
-        ),
+        # D_m: TAEF2's decoder without its full-resolution block (3.3 -> 0.77 s at 768x512 on 2
+        # threads, channels_last; docs/design.md) and without the image-wide GroupNorm branch, so
+        # that a tile decodes like the same region of the whole image. Same width as TAEF2's, so
+        # it starts from TAEF2's weights (TAEDecoder.init_from) and is then distilled.
+        latent_decoder=TAEConfig(width=64, dec_blocks=(3, 3, 3, 0), global_branch_at_1_8=False),
+        latent_space="taef2",
+        diffusion=DiffusionConfig(prediction_type="residual"),
         fgm=FGMConfig(
             timm_name=None,
             img_size=64,
@@ -309,6 +372,16 @@ SODEC_PRESETS: dict[str, SodecConfig] = {
         tile=16,
     ),
 }
+
+# The tiny preset on a TAE latent (tests of the small preset's graph, no pretrained weights).
+SODEC_PRESETS["tiny-tae"] = dataclasses.replace(
+    SODEC_PRESETS["tiny"],
+    transform=TransformConfig(hidden_channels=8, residual_blocks=1, out_channels=32),
+    unet=dataclasses.replace(SODEC_PRESETS["tiny"].unet, in_channels=32, out_channels=32, lora_rank=0),
+    latent_decoder=TAEConfig(width=8, dec_blocks=(1, 1, 1, 0), global_branch_at_1_8=False),
+    latent_space="taef2",
+    diffusion=DiffusionConfig(prediction_type="residual"),
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,7 +450,16 @@ def from_json(text: str) -> Any:
     return from_dict(cls, obj["config"])
 
 
-for _cls in (CodecConfig, TransformConfig, UNetConfig, AutoencoderConfig, FGMConfig, DiffusionConfig, SodecConfig):
+for _cls in (
+    CodecConfig,
+    TransformConfig,
+    UNetConfig,
+    AutoencoderConfig,
+    FGMConfig,
+    DiffusionConfig,
+    TAEConfig,
+    SodecConfig,
+):
     register_config(_cls)
 
 __all__ = [
@@ -388,6 +470,7 @@ __all__ = [
     "DiffusionConfig",
     "FGMConfig",
     "SodecConfig",
+    "TAEConfig",
     "TransformConfig",
     "UNetConfig",
     "field",

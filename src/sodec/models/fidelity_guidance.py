@@ -68,6 +68,8 @@ class FidelityGuidance(nn.Module):
         s = self.cfg.img_size
         # The ViT has a fixed input size; any image is resized to it (guidance only, the decoded
         # pixels are never resized).
-        x = F.interpolate(x_f, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+        # float32 even under bf16 autocast: the antialiased resize has no bf16 backward on CPU.
+        with torch.autocast(x_f.device.type, enabled=False):
+            x = F.interpolate(x_f.float(), size=(s, s), mode="bilinear", antialias=True, align_corners=False)
         tokens = self.vit.forward_features((x - self.mean) / self.std)  # (B, N, D)
         return self.projector(tokens)

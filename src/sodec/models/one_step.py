@@ -9,6 +9,11 @@ Keeping SD's own parametrisation lets the frozen pretrained UNet (plus LoRA) be 
 an x0- or v-prediction head would need the prior to be re-learned. The VAE decoder D_m maps y_0
 to pixels. ``multistep`` runs the same UNet for N DDIM steps from y_t, as multi-step diffusion
 codecs (DiffEIC) do: it exists for the speed comparison only.
+
+Small preset (``SodecConfig.latent_decoder``): the latent space is TAEF2's (32 channels at 1/8,
+models/taef2.py) and D_m a TAESD-style decoder distilled from TAEF2's; the UNet, trained from
+scratch, predicts a residual (``DiffusionConfig.prediction_type = "residual"``):
+y_0 = y_t + UNet(y_t, 999, c_g), its last conv starting at zero so that y_0 starts as T_s's latent.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from ..config import AutoencoderConfig, DiffusionConfig, UNetConfig
+from ..config import AutoencoderConfig, DiffusionConfig, TAEConfig, UNetConfig
 
 
 def _diffusers():
@@ -26,6 +31,29 @@ def _diffusers():
         warnings.simplefilter("ignore")
         from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
     return AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+
+
+def _unet_class():
+    """diffusers' UNet2DConditionModel alone: its module, not the package's every pipeline/VAE."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    return UNet2DConditionModel
+
+
+def alphas_cumprod(d: DiffusionConfig) -> Tensor:
+    """abar_t for t = 0..T-1 in float32, as diffusers' DDPMScheduler computes it.
+
+    "scaled_linear" (SD): betas = linspace(sqrt(beta_start), sqrt(beta_end), T)^2; "linear":
+    linspace(beta_start, beta_end, T). Computed here so that decoding needs no scheduler import.
+    """
+    if d.beta_schedule == "scaled_linear":
+        betas = torch.linspace(d.beta_start**0.5, d.beta_end**0.5, d.num_train_timesteps, dtype=torch.float32) ** 2
+    elif d.beta_schedule == "linear":
+        betas = torch.linspace(d.beta_start, d.beta_end, d.num_train_timesteps, dtype=torch.float32)
+    else:
+        raise ValueError(f"beta_schedule {d.beta_schedule!r}: use 'scaled_linear' or 'linear'")
+    return torch.cumprod(1.0 - betas, dim=0)
 
 
 def _schedule(d: DiffusionConfig) -> dict:
@@ -40,15 +68,33 @@ def _schedule(d: DiffusionConfig) -> dict:
 
 
 class OneStepDiffusion(nn.Module):
-    def __init__(self, unet: UNetConfig, vae: AutoencoderConfig, diffusion: DiffusionConfig) -> None:
+    """UNet + D_m. ``latent_decoder`` given: D_m is a TAE decoder of that config (small preset)
+    and ``vae`` is unused; else D_m is the decoder of the diffusers AutoencoderKL (SD's VAE)."""
+
+    def __init__(
+        self,
+        unet: UNetConfig,
+        vae: AutoencoderConfig,
+        diffusion: DiffusionConfig,
+        latent_decoder: TAEConfig | None = None,
+    ) -> None:
         super().__init__()
-        AutoencoderKL, _, DDPMScheduler, UNet2DConditionModel = _diffusers()
         self.unet_cfg, self.vae_cfg, self.diffusion_cfg = unet, vae, diffusion
-        self.unet = UNet2DConditionModel(**unet.diffusers_kwargs())
-        self.vae = AutoencoderKL(**vae.diffusers_kwargs())
-        self.vae.encoder.requires_grad_(False)  # only D_m (the decoder) is used at decode time
-        sched = DDPMScheduler(**_schedule(diffusion))
-        self.register_buffer("alphas_cumprod", sched.alphas_cumprod.clone().float(), persistent=False)
+        self.latent_decoder_cfg = latent_decoder
+        self.unet = _unet_class()(**unet.diffusers_kwargs())
+        if latent_decoder is None:
+            AutoencoderKL = _diffusers()[0]
+            self.vae = AutoencoderKL(**vae.diffusers_kwargs())
+            self.vae.encoder.requires_grad_(False)  # only D_m (the decoder) is used at decode time
+        else:
+            from .taef2 import TAEDecoder
+
+            self.latent_decoder = TAEDecoder(latent_decoder)
+        if diffusion.prediction_type == "residual":
+            # y_0 starts as y_t: the UNet learns a correction of T_s's latent.
+            nn.init.zeros_(self.unet.conv_out.weight)
+            nn.init.zeros_(self.unet.conv_out.bias)
+        self.register_buffer("alphas_cumprod", alphas_cumprod(diffusion), persistent=False)
         self.lora_added = False
 
     # -- LoRA (peft) ----------------------------------------------------------------------------
@@ -72,14 +118,22 @@ class OneStepDiffusion(nn.Module):
         return torch.full((batch,), self.diffusion_cfg.timestep, dtype=torch.long, device=device)
 
     def denoise(self, y_t: Tensor, cond: Tensor) -> Tensor:
-        """y_t: (B, 4, h, w) taken as the noisy latent at t; cond: (B, T, D) -> y_0 (B, 4, h, w)."""
+        """y_t: (B, c, h, w) taken as the noisy latent at t; cond: (B, T, D) -> y_0 (B, c, h, w).
+
+        c = 4 (SD's latent) or 32 (TAEF2's). epsilon: y_0 from the DDPM forward process at t;
+        residual: y_0 = y_t + UNet output (DiffusionConfig.prediction_type).
+        """
         t = self.diffusion_cfg.timestep
+        out = self.unet(y_t, self.timestep(y_t.size(0), y_t.device), encoder_hidden_states=cond).sample
+        if self.diffusion_cfg.prediction_type == "residual":
+            return y_t + out
         abar = self.alphas_cumprod[t]
-        eps = self.unet(y_t, self.timestep(y_t.size(0), y_t.device), encoder_hidden_states=cond).sample
-        return (y_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+        return (y_t - (1 - abar).sqrt() * out) / abar.sqrt()
 
     def decode(self, y_0: Tensor) -> Tensor:
-        """D_m: (B, 4, h, w) scaled latent -> (B, 3, 8h, 8w) image in [0, 1] (not clamped)."""
+        """D_m: (B, c, h, w) latent -> (B, 3, 8h, 8w) image in [0, 1] (not clamped)."""
+        if self.latent_decoder_cfg is not None:
+            return self.latent_decoder(y_0)
         x = self.vae.decode(y_0 / self.vae_cfg.scaling_factor).sample
         return x * 0.5 + 0.5
 
@@ -91,12 +145,25 @@ class OneStepDiffusion(nn.Module):
         means and sat at the mean image for hundreds of steps on CPU. The KL term still keeps
         the latent near the prior's scale.
         """
+        if self.latent_decoder_cfg is not None:
+            raise ValueError("the TAEF2 latent space has a pretrained encoder; there is no VAE to pre-train")
         dist = self.vae.encode(x * 2 - 1).latent_dist
         return dist.mode() * self.vae_cfg.scaling_factor, dist.kl().mean()
 
     @torch.no_grad()
     def multistep(self, y_t: Tensor, cond: Tensor, steps: int) -> Tensor:
-        """The same UNet run for ``steps`` DDIM steps from y_t at t = 999 (baseline, speed only)."""
+        """The same UNet run for ``steps`` DDIM steps from y_t at t = 999 (baseline, speed only).
+
+        Residual prediction has no noise schedule to step along: the UNet is applied ``steps``
+        times at the DDIM timesteps, each output fed back (same cost per step; speed only).
+        """
+        if self.diffusion_cfg.prediction_type == "residual":
+            latent = y_t
+            for k in range(steps):
+                t = self.diffusion_cfg.timestep * (steps - k) // steps
+                tt = torch.full((latent.size(0),), t, dtype=torch.long, device=latent.device)
+                latent = latent + self.unet(latent, tt, encoder_hidden_states=cond).sample
+            return latent
         _, DDIMScheduler, _, _ = _diffusers()
         d = self.diffusion_cfg
         sched = DDIMScheduler(

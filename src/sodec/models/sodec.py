@@ -48,6 +48,7 @@ class SodecOutput:
     likelihoods: dict[str, Tensor]
     x_fidelity: Tensor | None = None  # (B, 3, H, W) D_a's preliminary image x_f
     extra_losses: dict[str, Tensor] | None = None  # e.g. {"kl": ...} when pre-training the VAE
+    latent: Tensor | None = None  # (B, c, H/8, W/8) y_0, the latent D_m decodes (latent loss)
 
 
 def _is_base_key(key: str) -> bool:
@@ -63,7 +64,7 @@ class SodecModel(nn.Module):
         self.fidelity_decoder.load_state_dict(self.codec.g_s.state_dict())
         self.fgm = FidelityGuidance(cfg.fgm)
         self.transform = TransformationModule(cfg.codec, cfg.transform)
-        self.diffusion = OneStepDiffusion(cfg.unet, cfg.vae, cfg.diffusion)
+        self.diffusion = OneStepDiffusion(cfg.unet, cfg.vae, cfg.diffusion, cfg.latent_decoder)
         source = base_weights if base_weights is not None else cfg.base_weights
         if source is not None:
             self.load_base(source)
@@ -158,21 +159,29 @@ class SodecModel(nn.Module):
 
     # -- training -------------------------------------------------------------------------------
 
-    def forward(self, x: Tensor, objective: str = "sodec") -> SodecOutput:
+    def forward(self, x: Tensor, objective: str = "sodec", target_latent: Tensor | None = None) -> SodecOutput:
         """x: (B, 3, H, W) in [0, 1], H, W multiples of 64.
 
         objective "sodec": the whole graph; "codec": the codec alone (stage 1, x_hat = g_s);
-        "vae": the SD VAE alone (pre-training the small preset's D_m, which has no public weights).
+        "vae": the SD VAE alone (pre-training a D_m that has no public weights); "decoder": D_m
+        alone on ``target_latent`` (B, c, H/8, W/8), the latent space's own encoding of x
+        (distilling the small preset's D_m from TAEF2's decoder).
         """
         if objective == "vae":
             z, kl = self.diffusion.encode(x)
             return SodecOutput(self.diffusion.decode(z), z, {}, None, {"kl": kl})
-        y_hat, w, likelihoods = self.codec.encode_latents(x)
+        if objective == "decoder":
+            if target_latent is None:
+                raise ValueError("objective 'decoder' needs the target latent")
+            return SodecOutput(self.diffusion.decode(target_latent), target_latent, {}, latent=target_latent)
+        # The codec runs in float32 even under bf16 autocast: likelihoods and GDN need the range.
+        with torch.autocast(x.device.type, enabled=False):
+            y_hat, w, likelihoods = self.codec.encode_latents(x.float())
         if objective == "codec":
             return SodecOutput(self.codec.g_s(y_hat), y_hat, likelihoods)
         x_f = self.guidance_image(y_hat)
-        x_hat = self.decode_latent(y_hat, w, x_f)
-        return SodecOutput(x_hat, y_hat, likelihoods, x_f)
+        y_0 = self.decode_to_latent(y_hat, w, self.fgm(x_f.clamp(0, 1)))
+        return SodecOutput(self.diffusion.decode(y_0), y_hat, likelihoods, x_f, latent=y_0)
 
     def guidance_image(self, y_hat: Tensor) -> Tensor:
         """x_f, the fidelity decoder's image that the FGM encodes (paper Sec. 3.3).
@@ -194,12 +203,14 @@ class SodecModel(nn.Module):
             if x_f is None:
                 x_f = self.guidance_image(y_hat)
             c_g = self.fgm(x_f.clamp(0, 1))
+        return self.diffusion.decode(self.decode_to_latent(y_hat, w, c_g))
+
+    def decode_to_latent(self, y_hat: Tensor, w: Tensor, c_g: Tensor) -> Tensor:
+        """(y_hat, w, c_g) -> y_0 (B, c, 2h, 2w): T_s, then the UNet's step(s)."""
         y_t = self.transform(y_hat, w)
         if self.decode_steps == 1:
-            y_0 = self.diffusion.denoise(y_t, c_g)
-        else:
-            y_0 = self.diffusion.multistep(y_t, c_g, self.decode_steps)
-        return self.diffusion.decode(y_0)
+            return self.diffusion.denoise(y_t, c_g)
+        return self.diffusion.multistep(y_t, c_g, self.decode_steps)
 
     # -- decoding -------------------------------------------------------------------------------
 

@@ -26,13 +26,13 @@ Conventions (README):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from ..checkpoint import sha256_file
+from ..config import TAEConfig
 from ..errors import UnsupportedInputError, WeightsError
 from ..perceptual import weights_dir as _weights_dir
 
@@ -45,39 +45,6 @@ TAEF2_SUBDIR = "taef2"
 
 # TAESD's 8-bit storage mapping for latents: q = clamp(z / 6 + 0.5, 0, 1), stored as round(255 q).
 LATENT_8BIT_RANGE = 6.0
-
-
-@dataclass(frozen=True)
-class TAEConfig:
-    """Widths and depths of a TAESD-style autoencoder. The defaults are TAEF2's.
-
-    Levels run from full resolution (level 0) to 1/8 (level 3); each stride-2 step sits between
-    two levels. A narrower or shallower decoder for distillation is the same code with another
-    config, e.g. ``TAEConfig(width=32, dec_blocks=(2, 2, 2, 1))``; only the default config
-    matches the pretrained files' keys and shapes.
-    """
-
-    width: int = 64  # every hidden conv; residual blocks keep it (so no block needs a skip conv)
-    latent_channels: int = 32  # FLUX.2's latent width
-    image_channels: int = 3
-    # Residual blocks per level in the encoder, full resolution first: (1, 3, 3, 3) in TAEF2.
-    enc_blocks: tuple[int, int, int, int] = (1, 3, 3, 3)
-    # Residual blocks per level in the decoder, 1/8 first: (3, 3, 3, 1) in TAEF2.
-    dec_blocks: tuple[int, int, int, int] = (3, 3, 3, 1)
-    # Blocks at 1/8 resolution (encoder's last level, decoder's first) carry the global branch:
-    # 1x1 conv to 4*width, GroupNorm(4), ReLU, 1x1 conv back; its output is added to the input.
-    global_branch_at_1_8: bool = True
-    global_expand: int = 4  # hidden width of the global branch = global_expand * width
-    global_groups: int = 4
-    latent_clamp: float = 3.0  # decoder's soft clamp c * tanh(z / c)
-
-    def __post_init__(self) -> None:
-        if self.width <= 0 or self.latent_channels <= 0 or self.image_channels <= 0:
-            raise ValueError("TAEConfig widths must be positive")
-        if len(self.enc_blocks) != 4 or len(self.dec_blocks) != 4 or min(*self.enc_blocks, *self.dec_blocks) < 0:
-            raise ValueError("TAEConfig enc_blocks/dec_blocks need 4 non-negative counts (one per level)")
-        if (self.global_expand * self.width) % self.global_groups:
-            raise ValueError("global branch width must be divisible by global_groups")
 
 
 TAEF2_CONFIG = TAEConfig()
@@ -196,6 +163,39 @@ class TAEDecoder(nn.Sequential):
     def decode(self, z: Tensor) -> Tensor:
         """Latent -> image (B, 3, 8h, 8w) clamped to [0, 1] (inference; no gradients)."""
         return self(z).clamp(0.0, 1.0)
+
+    def levels(self) -> list[dict[str, list[nn.Module]]]:
+        """The layers grouped by level (1/8 first): {"entry": [...], "blocks": [...]}; the last
+        level also holds the output conv under "exit"."""
+        out: list[dict[str, list[nn.Module]]] = []
+        layers = list(self)
+        i = 3  # after soft clamp, conv, ReLU
+        head = [layers[1]]
+        for level, n in enumerate(self.cfg.dec_blocks):
+            entry = head if level == 0 else [layers[i + 1]]  # the conv after the upsample
+            if level > 0:
+                i += 2
+            out.append({"entry": entry, "blocks": layers[i : i + n]})
+            i += n
+        out[-1]["exit"] = [layers[i]]
+        return out
+
+    @torch.no_grad()
+    def init_from(self, teacher: TAEDecoder) -> None:
+        """Initialise from a decoder of the same width with as many blocks or more per level:
+        every conv this one has takes the teacher's weights at the same place (level, block);
+        blocks the teacher has beyond this one's count and its global branches are left out.
+        The starting point of D_m's distillation (issue 11): close to TAEF2 from step 0."""
+        if teacher.cfg.width != self.cfg.width or teacher.cfg.latent_channels != self.cfg.latent_channels:
+            raise ValueError("init_from needs a teacher of the same width and latent channels")
+        if any(a > b for a, b in zip(self.cfg.dec_blocks, teacher.cfg.dec_blocks, strict=True)):
+            raise ValueError("init_from: the teacher has fewer blocks at some level")
+        for mine, theirs in zip(self.levels(), teacher.levels(), strict=True):
+            for key in ("entry", "exit"):
+                for a, b in zip(mine.get(key, []), theirs.get(key, []), strict=True):
+                    a.load_state_dict(b.state_dict())
+            for a, b in zip(mine["blocks"], theirs["blocks"], strict=False):
+                a.conv.load_state_dict(b.conv.state_dict())
 
 
 def latent_to_uint8(z: Tensor) -> Tensor:

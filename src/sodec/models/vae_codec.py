@@ -91,6 +91,30 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+def unit_gain_init(module: nn.Module) -> None:
+    """Initialise every conv of ``module`` to keep its input's variance (weights N(0, 1/fan_in)).
+
+    PyTorch's default conv init (kaiming-uniform with a = sqrt(5)) has variance 1/(3 fan_in), so
+    each layer shrinks the signal by about sqrt(3): through g_a and g_s (12 convs in the small
+    preset) the image reaches the output attenuated ~1000x and the network starts as a constant.
+    Adam then grows the gain by about lr per step and layer, and colour, the largest-scale signal,
+    was learned last: a GDN codec trained 300 steps on eight flat colours still decoded (30, 160,
+    60) as grey; with this init it fits them in ~75 steps (benchmarks/overfit_flat_colours.py,
+    docs/design.md). Gain 1, not He's sqrt(2): GDN is not a ReLU, and inverse GDN grows with its
+    input, so He's gain overflowed. A transposed conv of stride s has fan_in C_in k^2 / s^2.
+    """
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+            k = layer.kernel_size[0] * layer.kernel_size[1]
+            if isinstance(layer, nn.ConvTranspose2d):
+                fan_in = layer.in_channels * k / (layer.stride[0] * layer.stride[1])
+            else:
+                fan_in = layer.in_channels // layer.groups * k
+            nn.init.normal_(layer.weight, 0.0, (1.0 / fan_in) ** 0.5)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
 def analysis_transform(cfg: CodecConfig) -> nn.Sequential:
     """g_a: (B, 3, H, W) -> (B, C, H/16, W/16); ChannelNorm + ReLU or GDN after each conv."""
     ch = cfg.encoder_channels
@@ -214,6 +238,10 @@ class VAECodec(CompressionModel):
         self.cfg = cfg
         self.g_a = analysis_transform(cfg)
         self.g_s = synthesis_transform(cfg)
+        if cfg.norm == "gdn":
+            # ChannelNorm renormalises every layer; GDN does not, so the init must keep the gain.
+            unit_gain_init(self.g_a)
+            unit_gain_init(self.g_s)
         self.h_a = hyper_analysis(cfg)
         self.h_s = hyper_synthesis(cfg)
         self.entropy_bottleneck = EntropyBottleneck(cfg.hyper_latent_channels)

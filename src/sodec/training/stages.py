@@ -20,8 +20,8 @@ import tomllib
 
 from ..config import from_dict
 
-KNOWN_LOSSES = ("mse", "ms_ssim", "lpips_alex", "lpips_vgg", "dists", "align", "gan", "kl")
-OBJECTIVES = ("sodec", "codec", "vae")
+KNOWN_LOSSES = ("mse", "ms_ssim", "lpips_alex", "lpips_vgg", "dists", "align", "gan", "kl", "latent", "distill")
+OBJECTIVES = ("sodec", "codec", "vae", "decoder")
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,13 @@ class StageConfig:
     # initialises both from the pre-trained codec): a checkpoint path or registered name.
     init_codec: str | None = None
     # What the forward pass trains (SODEC models only): the whole graph ("sodec"), the codec
-    # alone ("codec", stage 1), or the SD VAE alone ("vae", pre-training the small preset's D_m).
+    # alone ("codec", stage 1), the SD VAE alone ("vae", pre-training a D_m with no public
+    # weights), or D_m alone on the latent space's own latents ("decoder": distilling the small
+    # preset's D_m from TAEF2's decoder).
     objective: str = "sodec"
+    # "taef2": before training, D_m takes TAEF2's decoder weights where its layers match
+    # (TAEDecoder.init_from; needs the weights folder). None: D_m as built or loaded.
+    init_latent_decoder: str | None = None
     # fnmatch globs over parameter names; everything not matched is frozen (requires_grad False).
     train: tuple[str, ...] = ("*",)
     # Distortion terms and their weights (mse is on the 0..255 scale, like CompressAI's lambda).
@@ -74,6 +79,13 @@ class StageConfig:
     log_every: int = 10
     # Discriminator learning rate (only used when losses has "gan").
     disc_lr: float = 1e-4
+    # "bf16": the forward pass and losses under bfloat16 autocast (GPU training); the codec's
+    # transforms and entropy models stay float32 inside it. "none": float32 throughout.
+    amp: str = "none"
+    # A wall-clock budget for the stage in seconds (0 = none): the stage ends at steps or at this
+    # time, whichever comes first, and the lr / lambda schedules run on the larger of the two
+    # fractions done, so a time-boxed run (a lent GPU) still anneals to its end values.
+    max_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = set(self.losses) - set(KNOWN_LOSSES)
@@ -85,7 +97,12 @@ class StageConfig:
             raise ValueError(f"stage {self.name!r}: objective is one of {OBJECTIVES}")
         # Terms the objective's forward pass cannot produce: "kl" would silently be left out of the
         # loss, "align" / "gan" would fail only at the first step (no x_f; no codec latent for D).
-        cannot = {"sodec": {"kl"}, "codec": {"kl", "align"}, "vae": {"align", "gan"}}[self.objective]
+        cannot = {
+            "sodec": {"kl", "distill"},
+            "codec": {"kl", "align", "latent", "distill"},
+            "vae": {"align", "gan", "latent", "distill"},
+            "decoder": {"kl", "align", "gan", "latent"},
+        }[self.objective]
         unusable = cannot & set(self.losses)
         if unusable:
             raise ValueError(f"stage {self.name!r}: objective {self.objective!r} cannot use losses {sorted(unusable)}")
@@ -105,16 +122,21 @@ class StageConfig:
             and not (self.holdout > 0 and self.val_images > 0)
         ):
             raise ValueError(f"stage {self.name!r}: rate_control = holdout needs holdout > 0 and val_images > 0")
+        if self.amp not in ("none", "bf16") or self.max_seconds < 0:
+            raise ValueError(f"stage {self.name!r}: amp is none|bf16, max_seconds >= 0")
+        if self.init_latent_decoder not in (None, "taef2"):
+            raise ValueError(f"stage {self.name!r}: init_latent_decoder is 'taef2' or absent")
         if self.steps < 1 or self.batch_size < 1 or self.crop < 64 or self.crop % 64:
             raise ValueError(f"stage {self.name!r}: steps, batch_size >= 1 and crop a multiple of 64")
 
-    def rate_weight_at(self, step: int) -> float:
+    def rate_weight_at(self, step: int, done: float | None = None) -> float:
         """lambda for ``step`` (0-based): the annealing schedule of paper Sec. 3.4.
 
-        With ``target_bpp`` this is only the starting value; the trainer steers lambda from there.
+        ``done`` (0..1) overrides the fraction step / (steps - 1) (a time-boxed stage). With
+        ``target_bpp`` this is only the starting value; the trainer steers lambda from there.
         """
         end = self.rate_weight if self.rate_weight_end is None else self.rate_weight_end
-        t = min(1.0, step / max(1, self.steps - 1))
+        t = min(1.0, step / max(1, self.steps - 1) if done is None else done)
         if t >= 1.0:
             return float(end)  # exactly the configured target (a * (b / a) ** 1 can miss b by an ulp)
         if self.anneal == "log" and self.rate_weight > 0 and end > 0:

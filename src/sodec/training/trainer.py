@@ -69,7 +69,9 @@ def _model_kind(model: nn.Module) -> str:
     return "codec" if isinstance(model, VAECodec) else "sodec"
 
 
-def build_stage_model(stage: StageConfig, previous: Path | None = None) -> tuple[nn.Module, str]:
+def build_stage_model(
+    stage: StageConfig, previous: Path | None = None, weights_dir: str | None = None
+) -> tuple[nn.Module, str]:
     """The stage's starting model: a checkpoint (or the previous stage's), or a fresh preset."""
     init = stage.init
     if init == "@previous":
@@ -91,7 +93,19 @@ def build_stage_model(stage: StageConfig, previous: Path | None = None) -> tuple
         model = build_model(kind, preset_config(kind, preset))
     if stage.init_codec is not None:
         _load_codec_into(model, stage.init_codec)
+    if stage.init_latent_decoder is not None:
+        _init_latent_decoder(model, weights_dir)
     return model, kind
+
+
+def _init_latent_decoder(model: nn.Module, weights_dir: str | None) -> None:
+    """D_m <- TAEF2's decoder where the layers match (stage ``init_latent_decoder = "taef2"``)."""
+    from ..models.taef2 import load_taef2
+
+    if getattr(getattr(model, "cfg", None), "latent_decoder", None) is None:
+        raise ValueError("init_latent_decoder: the model has no TAE latent decoder (small preset only)")
+    _, teacher = load_taef2(weights_dir, parts=("decoder",))
+    model.diffusion.latent_decoder.init_from(teacher)  # type: ignore[union-attr]
 
 
 def _load_codec_into(model: nn.Module, source: str) -> None:
@@ -104,8 +118,32 @@ def _load_codec_into(model: nn.Module, source: str) -> None:
         raise ValueError(f"init_codec: {path} is not a codec checkpoint, or the model has no codec")
     if codec.cfg != model.codec.cfg:  # type: ignore[union-attr]
         raise ValueError("init_codec: the codec's config differs from the model's codec config")
-    model.codec.load_state_dict(codec.state_dict())  # type: ignore[union-attr]
+    state = codec.state_dict()
+    own = model.codec.state_dict()  # type: ignore[union-attr]
+    for key, value in state.items():
+        # Entropy tables are sized by the model they were built for; CompressAI's loader resizes
+        # only empty ones, and a SODEC checkpoint's codec (e.g. D_m's stage) already has tables.
+        if (
+            key in own
+            and own[key].shape != value.shape
+            and key.rsplit(".", 1)[-1].startswith(("_quantized_cdf", "_offset", "_cdf_length"))
+        ):
+            model.codec.get_buffer(key).resize_(value.shape)  # type: ignore[union-attr]
+    model.codec.load_state_dict(state)  # type: ignore[union-attr]
     model.fidelity_decoder.load_state_dict(codec.g_s.state_dict())  # type: ignore[union-attr]
+
+
+def _latent_space_nets(
+    model: nn.Module, stage: StageConfig, weights_dir: str | None
+) -> tuple[nn.Module, nn.Module | None]:
+    """(frozen TAEF2 encoder, frozen TAEF2 decoder or None) for latent targets and distillation."""
+    from ..models.taef2 import load_taef2
+
+    if getattr(getattr(model, "cfg", None), "latent_space", None) != "taef2":
+        raise ValueError(f"stage {stage.name!r}: latent/distill losses need a model in TAEF2's latent space")
+    parts = ("encoder", "decoder") if "distill" in stage.losses else ("encoder",)
+    enc, dec = load_taef2(weights_dir, parts=parts)
+    return enc, dec
 
 
 def select_trainable(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
@@ -120,12 +158,14 @@ def select_trainable(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
     return names
 
 
-def _lr_at(stage: StageConfig, step: int) -> float:
+def _lr_at(stage: StageConfig, step: int, done: float | None = None) -> float:
+    """lr at ``step``: linear warm-up, then constant or cosine to lr/10 over the fraction done
+    (step / (steps - 1), or ``done`` for a time-boxed stage)."""
     if stage.warmup_steps and step < stage.warmup_steps:
         return stage.lr * (step + 1) / stage.warmup_steps
     if stage.lr_schedule == "constant":
         return stage.lr
-    t = min(1.0, step / max(1, stage.steps - 1))
+    t = min(1.0, step / max(1, stage.steps - 1) if done is None else done)
     return stage.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
@@ -204,7 +244,7 @@ class Trainer:
         # whatever the caller's RNG held: the same stage file starts from the same weights, so a
         # rerun reproduces a run, and every DDP rank builds the same model.
         torch.manual_seed(stage.seed)
-        self.model, self.kind = build_stage_model(stage, previous)
+        self.model, self.kind = build_stage_model(stage, previous, weights_dir)
         # The codec inside the model (the model itself for a plain codec).
         self.codec: nn.Module = self.model if self.kind == "codec" else self.model.codec  # type: ignore[assignment]
         self.model.to(self.device).train()
@@ -215,6 +255,20 @@ class Trainer:
         self.aux_opt = torch.optim.Adam(aux, lr=stage.aux_lr) if aux else None
         names = [k for k in stage.losses if k in PERCEPTUAL]
         self.perceptual = PerceptualLosses(names, weights_dir).to(self.device) if names else None
+        # The latent space's frozen encoder (target latents) and, for "distill", its decoder:
+        # loss networks, like LPIPS, so they never enter a checkpoint.
+        self.latent_encoder = self.teacher_decoder = None
+        if stage.objective == "decoder" or {"latent", "distill"} & set(stage.losses):
+            self.latent_encoder, self.teacher_decoder = _latent_space_nets(self.model, stage, weights_dir)
+            self.latent_encoder.to(self.device)
+            if self.teacher_decoder is not None:
+                self.teacher_decoder.to(self.device).requires_grad_(False)
+        if self.device.type == "cuda":
+            # TF32 matmuls/convs for what runs in float32 (the codec): ~8x fp32 on Hopper.
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True  # fixed crop size: pick the fastest kernels once
+        self.started = time.time()
         self.disc = self.disc_opt = None
         if "gan" in stage.losses:
             from ..losses import PatchDiscriminator
@@ -250,6 +304,7 @@ class Trainer:
             if not self.rate_images:
                 raise ValueError(f"stage {stage.name!r}: no held-out image of 64 px or more to measure the rate on")
         self.step = 0
+        self.finished = False
         self.rate_weight = stage.rate_weight_at(0)  # lambda; steered when the stage has a target_bpp
 
     # -- state ----------------------------------------------------------------------------------
@@ -262,7 +317,13 @@ class Trainer:
         if self.rank != 0:
             return
         tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        meta: dict[str, Any] = {"step": self.step, "stage": self.stage.to_json(), "rate_weight": self.rate_weight}
+        meta: dict[str, Any] = {
+            "step": self.step,
+            "stage": self.stage.to_json(),
+            "rate_weight": self.rate_weight,
+            # A time-boxed stage ends before its steps: a resumed schedule must not rerun it.
+            "finished": self.finished,
+        }
         for prefix, opt in (("opt", self.opt), ("aux", self.aux_opt), ("dopt", self.disc_opt)):
             if opt is not None:
                 t, m = _flatten_optim(prefix, opt)
@@ -299,26 +360,54 @@ class Trainer:
 
     # -- one step -------------------------------------------------------------------------------
 
+    def done_fraction(self) -> float | None:
+        """How much of a time-boxed stage is done (max of steps and seconds); None otherwise."""
+        if not self.stage.max_seconds:
+            return None
+        by_time = (time.time() - self.started) / self.stage.max_seconds
+        return min(1.0, max(self.step / max(1, self.stage.steps - 1), by_time))
+
     def train_step(self, x: torch.Tensor) -> dict[str, float]:
         stage = self.stage
-        lam = self.rate_weight if stage.target_bpp is not None else stage.rate_weight_at(self.step)
-        lr = _lr_at(stage, self.step)
+        done = self.done_fraction()
+        lam = self.rate_weight if stage.target_bpp is not None else stage.rate_weight_at(self.step, done)
+        lr = _lr_at(stage, self.step, done)
         if self.opt is not None:
             for g in self.opt.param_groups:
                 g["lr"] = lr
         codec = self.codec
         codec.coded_bits = None
-        out = self.ddp(x) if self.kind == "codec" else self.ddp(x, objective=stage.objective)
-        n_pix = x.size(0) * x.size(2) * x.size(3)
-        # bits of the rounded latents (what entropy coding spends) when the codec ran
-        coded = None if codec.coded_bits is None else codec.coded_bits / n_pix
-        # No likelihoods while only the VAE trains: the rate term is then zero.
-        rate = bpp(out.likelihoods, n_pix) if out.likelihoods else x.new_zeros(())
-        terms = distortion_terms(stage.losses, x, out.x_hat, getattr(out, "x_fidelity", None), self.perceptual)
+        target_latent = teacher_image = None
+        if self.latent_encoder is not None:
+            with torch.no_grad():
+                target_latent = self.latent_encoder(x)  # (B, 32, H/8, W/8)
+                if self.teacher_decoder is not None:
+                    teacher_image = self.teacher_decoder(target_latent)  # (B, 3, H, W)
+        use_amp = stage.amp == "bf16" and self.kind != "codec"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            if self.kind == "codec":
+                out = self.ddp(x)
+            elif stage.objective == "decoder":
+                out = self.ddp(x, objective="decoder", target_latent=target_latent)
+            else:
+                out = self.ddp(x, objective=stage.objective)
+            n_pix = x.size(0) * x.size(2) * x.size(3)
+            # bits of the rounded latents (what entropy coding spends) when the codec ran
+            coded = None if codec.coded_bits is None else codec.coded_bits / n_pix
+            # No likelihoods while only the VAE or D_m trains: the rate term is then zero.
+            rate = bpp(out.likelihoods, n_pix) if out.likelihoods else x.new_zeros(())
+            x_hat = out.x_hat.float()
+            terms = distortion_terms(stage.losses, x, x_hat, getattr(out, "x_fidelity", None), self.perceptual)
+            if "latent" in stage.losses:
+                # Paper Sec. 3.4: the one-step output's latent against the latent space's own
+                # encoding of the image (MSE per element).
+                terms["latent"] = torch.nn.functional.mse_loss(out.latent.float(), target_latent)  # type: ignore[union-attr]
+            if "distill" in stage.losses:
+                terms["distill"] = torch.nn.functional.mse_loss(x_hat, teacher_image) * 255.0**2
         for k, v in (getattr(out, "extra_losses", None) or {}).items():
             if k in stage.losses:
                 terms[k] = v
-        loss = sum(stage.losses[k] * v for k, v in terms.items()) + lam * rate
+        loss = sum(stage.losses[k] * v.float() for k, v in terms.items()) + lam * rate
         if not torch.isfinite(loss):
             # Going on would only write NaN weights into every later checkpoint.
             raise FloatingPointError(
@@ -326,7 +415,7 @@ class Trainer:
                 f"({ {k: float(v.detach()) for k, v in terms.items()} }); lower lr or resume from the last checkpoint"
             )
         if self.disc is not None:
-            g_adv = self.disc(out.x_hat, out.y_hat.detach())
+            g_adv = self.disc(x_hat, out.y_hat.detach())
             terms["gan"] = torch.nn.functional.softplus(-g_adv).mean()
             loss = loss + stage.losses["gan"] * terms["gan"]
         if self.opt is not None:
@@ -338,7 +427,7 @@ class Trainer:
             self.opt.step()
         if self.disc is not None and self.disc_opt is not None:
             real = self.disc(x, out.y_hat.detach())
-            fake = self.disc(out.x_hat.detach(), out.y_hat.detach())
+            fake = self.disc(x_hat.detach(), out.y_hat.detach())
             d_loss = torch.nn.functional.softplus(-real).mean() + torch.nn.functional.softplus(fake).mean()
             self.disc_opt.zero_grad(set_to_none=True)
             d_loss.backward()
@@ -441,7 +530,10 @@ class Trainer:
         t_start = time.time()
         rec: dict[str, float] = {}
         writer = None
+        self.started = time.time()
         while self.step < stage.steps:
+            if stage.max_seconds and time.time() - self.started >= stage.max_seconds:
+                break
             # Noise (quantization proxy) is seeded per step: resume repeats the same draws.
             torch.manual_seed(hash((stage.seed, self.step, self.rank)) & 0x7FFFFFFF)
             x = self.sampler.batch(self.step, stage.batch_size, self.rank).to(self.device)
@@ -467,6 +559,7 @@ class Trainer:
                 self._log_val()
         if bar is not None:
             bar.close()
+        self.finished = True
         self.save_state()
         return self.finish(time.time() - t_start, rec)
 
@@ -526,7 +619,7 @@ def run_schedule(stages: list[StageConfig], run_dir: str | Path, **kw: Any) -> l
                 meta = json.loads(f.metadata()["sodec.train"])
             # Only when it is the same stage: an edited one goes on to run_stage, which refuses
             # the folder (a different stage config) instead of silently keeping the old result.
-            if meta["step"] >= stage.steps and same_stage(meta["stage"], stage):
+            if (meta["step"] >= stage.steps or meta.get("finished")) and same_stage(meta["stage"], stage):
                 previous = done
                 continue
         res = run_stage(stage, sub, previous=previous, **kw)
