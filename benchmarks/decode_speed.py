@@ -144,10 +144,11 @@ def render(results: list[dict], steps: int, header: bool = True) -> str:
             f"{r['one_step_overhead_pct']:+.1f}%",
         ]
         if r["preset"] == "small" and steps == 50:
-            # The decoder issue's goals for the small preset, checked on this run's numbers.
+            # The small preset's goals, checked on this run's numbers. Issue 11 set the decode budget
+            # to 2.5 s per Kodak image and dropped the 50-step / one-step ratio as a small-preset
+            # target (the pretrained D_m, not the UNet, now takes most of a decode); it is reported.
             goals = [
-                ("50-step / one-step >= 30x", r["ratio"] >= 30),
-                ("768x512 one-step decode <= 1 s", r["size"] == "768x512" and r["one_step_decode_s"] <= 1.0),
+                ("768x512 one-step decode <= 2.5 s", r["size"] == "768x512" and r["one_step_decode_s"] <= 2.5),
                 ("one-step <= 10% above its components", r["one_step_overhead_pct"] <= 10),
             ]
             out += ["", "Goals: " + "; ".join(f"{g}: {'met' if ok else 'MISSED'}" for g, ok in goals)]

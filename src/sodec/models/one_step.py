@@ -89,7 +89,9 @@ class OneStepDiffusion(nn.Module):
         else:
             from .taef2 import TAEDecoder
 
-            self.latent_decoder = TAEDecoder(latent_decoder)
+            # channels_last: the decoder's full-width convs at 1/2 and full resolution run ~1.4x
+            # faster on CPU (1.1 -> 0.8 s at 768x512, 2 threads); load_state_dict keeps the layout.
+            self.latent_decoder = TAEDecoder(latent_decoder).to(memory_format=torch.channels_last)
         if diffusion.prediction_type == "residual":
             # y_0 starts as y_t: the UNet learns a correction of T_s's latent.
             nn.init.zeros_(self.unet.conv_out.weight)
@@ -133,7 +135,7 @@ class OneStepDiffusion(nn.Module):
     def decode(self, y_0: Tensor) -> Tensor:
         """D_m: (B, c, h, w) latent -> (B, 3, 8h, 8w) image in [0, 1] (not clamped)."""
         if self.latent_decoder_cfg is not None:
-            return self.latent_decoder(y_0)
+            return self.latent_decoder(y_0.contiguous(memory_format=torch.channels_last))
         x = self.vae.decode(y_0 / self.vae_cfg.scaling_factor).sample
         return x * 0.5 + 0.5
 
