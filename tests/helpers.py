@@ -25,6 +25,16 @@ def shared_weights_dir() -> Path | None:
     return None
 
 
+def taef2_root() -> Path | None:
+    """A weights folder holding taef2/ with both files: $SODEC_WEIGHTS_DIR, else ../shared/weights."""
+    from sodec.models.taef2 import TAEF2_FILES
+
+    for cand in (os.environ.get("SODEC_WEIGHTS_DIR"), SHARED / "weights"):
+        if cand and all((Path(cand) / "taef2" / f).is_file() for f, _ in TAEF2_FILES.values()):
+            return Path(cand)
+    return None
+
+
 needs_kodak = pytest.mark.skipif(not KODAK.is_dir(), reason=f"Kodak images not found at {KODAK}")
 needs_train = pytest.mark.skipif(not TRAIN.is_dir(), reason=f"training images not found at {TRAIN}")
 

@@ -4,33 +4,23 @@ bf16 training, the codec's unit-gain init. Tests needing TAEF2 skip with a reaso
 from __future__ import annotations
 
 import dataclasses
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import SHARED
+from helpers import taef2_root
 from sodec import api
 from sodec.checkpoint import load_checkpoint
 from sodec.config import CODEC_PRESETS, SODEC_PRESETS, DiffusionConfig, TAEConfig, from_json, to_json
 from sodec.models.one_step import alphas_cumprod
 from sodec.models.sodec import SodecModel
-from sodec.models.taef2 import TAEF2_FILES, TAEDecoder
+from sodec.models.taef2 import TAEDecoder
 from sodec.models.vae_codec import VAECodec
 from sodec.training.stages import StageConfig, stage_from_dict
 from sodec.training.trainer import Trainer, run_schedule
 
-
-def _taef2_root() -> Path | None:
-    for cand in (os.environ.get("SODEC_WEIGHTS_DIR"), SHARED / "weights"):
-        if cand and all((Path(cand) / "taef2" / f).is_file() for f, _ in TAEF2_FILES.values()):
-            return Path(cand)
-    return None
-
-
-TAEF2_ROOT = _taef2_root()
+TAEF2_ROOT = taef2_root()
 needs_taef2 = pytest.mark.skipif(TAEF2_ROOT is None, reason="TAEF2 weights (taef2/ under SODEC_WEIGHTS_DIR) not found")
 TINY_TAE = SODEC_PRESETS["tiny-tae"]
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from helpers import KODAK, SHARED
+from helpers import KODAK, taef2_root
 from sodec.errors import UnsupportedInputError, WeightsError
 from sodec.models.taef2 import (
     TAEF2_FILES,
@@ -32,16 +32,7 @@ from sodec.models.taef2 import (
     taef2_paths,
 )
 
-
-def _taef2_root() -> Path | None:
-    """A weights folder holding taef2/ with both files: $SODEC_WEIGHTS_DIR, else ../shared/weights."""
-    for cand in (os.environ.get("SODEC_WEIGHTS_DIR"), SHARED / "weights"):
-        if cand and all((Path(cand) / "taef2" / f).is_file() for f, _ in TAEF2_FILES.values()):
-            return Path(cand)
-    return None
-
-
-ROOT = _taef2_root()
+ROOT = taef2_root()
 needs_taef2 = pytest.mark.skipif(ROOT is None, reason="TAEF2 weights (taef2/ under SODEC_WEIGHTS_DIR) not found")
 needs_kodak = pytest.mark.skipif(not KODAK.is_dir(), reason=f"Kodak images not found at {KODAK}")
 

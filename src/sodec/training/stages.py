@@ -84,7 +84,8 @@ class StageConfig:
     amp: str = "none"
     # A wall-clock budget for the stage in seconds (0 = none): the stage ends at steps or at this
     # time, whichever comes first, and the lr / lambda schedules run on the larger of the two
-    # fractions done, so a time-boxed run (a lent GPU) still anneals to its end values.
+    # fractions done, so a time-boxed run (a lent GPU) still anneals to its end values. The clock
+    # starts when this process starts the stage: a resumed stage gets its whole budget again.
     max_seconds: float = 0.0
 
     def __post_init__(self) -> None:
