@@ -4,6 +4,8 @@ bf16 training, the codec's unit-gain init. Tests needing TAEF2 skip with a reaso
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,3 +236,75 @@ def tiny_data(tmp_path):
     for i in range(3):
         Image.fromarray(random_image(96, 96, seed=i)).save(d / f"{i}.png")
     return d
+
+
+# -- the training CLI and tools added for time-boxed GPU runs ----------------------------------------
+
+
+def test_train_cli_resolves_folders_from_the_working_directory_and_time_boxes(tmp_path, tiny_data, monkeypatch):
+    """--data/--extra-data are relative to where the command runs (not to the stage file),
+    --max-seconds time-boxes the stage, --init starts from a checkpoint."""
+    from sodec.cli import main
+
+    cfg_dir = tmp_path / "configs"
+    cfg_dir.mkdir()
+    (cfg_dir / "s.toml").write_text(
+        'name = "s"\npreset = "codec:tiny"\nlosses = { mse = 1.0 }\nrate_weight = 1.0\n'
+        "steps = 100000\nbatch_size = 1\ncrop = 64\nholdout = 0.0\nval_images = 0\nlog_every = 1\n"
+        'data = "./nowhere"\n'
+    )
+    monkeypatch.chdir(tiny_data.parent)
+    out = tmp_path / "run"
+    rc = main(["train", "--config", str(cfg_dir / "s.toml"), "--data", tiny_data.name, "--extra-data", tiny_data.name,
+               "--max-seconds", "1", "--out", str(out), "-q"])  # fmt: skip
+    assert rc == 0
+    stage = json.loads((out / "stage.json").read_text())
+    assert stage["data"] == str(tiny_data) and stage["extra_data"] == [str(tiny_data)]
+    steps = sum(1 for _ in open(out / "log.csv")) - 1
+    assert 0 < steps < 100000
+    # --init: a stage file without init/preset starts from the given checkpoint.
+    (cfg_dir / "t.toml").write_text(
+        'name = "t"\nlosses = { mse = 1.0 }\nsteps = 1\nbatch_size = 1\ncrop = 64\nholdout = 0.0\nval_images = 0\n'
+    )
+    rc = main(["train", "--config", str(cfg_dir / "t.toml"), "--init", str(out / "model.safetensors"),
+               "--data", str(tiny_data), "--out", str(tmp_path / "run2"), "-q"])  # fmt: skip
+    assert rc == 0 and (tmp_path / "run2" / "model.safetensors").is_file()
+
+
+def test_export_train_state_makes_a_checkpoint_that_codes(tmp_path, tiny_data):
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    stage = _stage(preset="codec:tiny", steps=2, data=str(tiny_data))
+    run_schedule([stage], tmp_path / "run", progress=False)
+    state = tmp_path / "run" / "1-t" / "train_state.safetensors"
+    # The packed form a lent machine sends back: float tensors as float16.
+    packed = tmp_path / "packed.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(state), framework="pt") as f:
+        meta = f.metadata()
+    tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(state)).items()}
+    save_file(tensors, str(packed), metadata=meta)
+    out = tmp_path / "exported.safetensors"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "export_train_state.py"
+    r = subprocess.run(
+        [sys.executable, str(script), str(packed), "--preset", "codec:tiny", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    model, meta = load_checkpoint(out)
+    img = (np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)
+    m = api.Model(model.eval(), "codec", "x", "0" * 64)
+    assert api.decompress(api.compress(m, img), m).shape == img.shape
+
+
+def test_python_dash_m_sodec_is_the_cli():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "sodec", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "compress" in r.stdout
