@@ -260,7 +260,7 @@ def test_train_cli_resolves_folders_from_the_working_directory_and_time_boxes(tm
     assert rc == 0
     stage = json.loads((out / "stage.json").read_text())
     assert stage["data"] == str(tiny_data) and stage["extra_data"] == [str(tiny_data)]
-    steps = sum(1 for _ in open(out / "log.csv")) - 1
+    steps = len((out / "log.csv").read_text().splitlines()) - 1
     assert 0 < steps < 100000
     # --init: a stage file without init/preset starts from the given checkpoint.
     (cfg_dir / "t.toml").write_text(
