@@ -8,13 +8,13 @@ Trains a fresh ``VAECodec`` of the preset with Adam on a batch of eight flat 128
 colour, (30, 160, 60), every 50 steps. ``ste``: the training forward (straight-through rounding);
 ``noquant``: g_s(g_a(x)) with no quantisation; ``centred``: the same on x - 0.5, output + 0.5.
 
-Why it exists (issue 11, "a stage-1 codec that keeps colour"): the shipped codecs and a GDN
-codec trained 3000 CPU steps all decode that flat green as about (66-70, 85-90, 96-100). Here,
-with no quantisation at all, 300 steps at lr 2e-4 still give about (52, 46, 44) (small-gdn) or,
-centred, (121, 111, 112): at initialisation g_s(g_a(x)) has almost no gain from input to
-output, and Adam grows it by at most lr per step and layer, so hues are learned last. A fix of
-the training set-up (initialisation, centring, learning-rate schedule) should make this check
-reach the colours in a few hundred steps; more steps alone (a GPU) is the other way out.
+Why it exists (issue 11, "a stage-1 codec that keeps colour"): the codecs shipped before it and a
+GDN codec trained 3000 CPU steps all decoded that flat green as about (66-70, 85-90, 96-100).
+With PyTorch's default conv init (``--init default``), g_s(g_a(x)) starts with almost no gain
+from input to output and Adam grows it by at most lr per step and layer, so hues are learned
+last: with no quantisation at all, 300 steps at lr 2e-4 still gave (52, 46, 44). The GDN codec
+is now built with a unit-gain init (``vae_codec.unit_gain_init``), which reaches the colours in
+tens of steps; docs/design.md has both runs' numbers.
 """
 
 from __future__ import annotations
@@ -40,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default 2e-4, the stage files')")
     p.add_argument("--steps", type=int, default=300, help="steps (default 300)")
     p.add_argument("--mode", choices=("ste", "noquant", "centred"), default="noquant", help="see above")
+    p.add_argument(
+        "--init",
+        choices=("preset", "default"),
+        default="preset",
+        help="preset: the codec as built (GDN: unit-gain init); default: PyTorch's default conv init",
+    )
     a = p.parse_args(argv)
     import torch
 
@@ -50,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     cols = torch.tensor(COLOURS, dtype=torch.float32) / 255
     x = cols[:, :, None, None].expand(len(COLOURS), 3, 128, 128).contiguous()  # (8, 3, 128, 128)
     model = VAECodec(CODEC_PRESETS[a.preset]).train()
+    if a.init == "default":
+        for layer in (*model.g_a.modules(), *model.g_s.modules()):
+            if isinstance(layer, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                layer.reset_parameters()
     opt = torch.optim.Adam([q for n, q in model.named_parameters() if not n.endswith("quantiles")], lr=a.lr)
     for step in range(a.steps + 1):
         if a.mode == "ste":
