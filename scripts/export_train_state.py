@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     model.load_state_dict(state, strict=True)
     model.eval()
     model.update(force=True)
-    stage = json.loads(json.loads(meta["sodec.train"])["stage"]) if "sodec.train" in meta else {}
-    train = json.loads(meta["sodec.train"]) if "sodec.train" in meta else {}
+    train = json.loads(meta.get("sodec.train", "{}"))
+    stage = json.loads(train.get("stage", "{}"))
     extra = {"sodec.stage": stage.get("name", "?"), "sodec.exported_from_step": str(train.get("step", "?"))}
     sha = save_checkpoint(a.out, model, kind, cfg, extra)
     print(f"{a.out}: step {train.get('step', '?')}, sha256 {sha}")

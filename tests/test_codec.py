@@ -223,3 +223,22 @@ def test_gdn_codec_codes_and_keeps_its_config() -> None:
     torch.testing.assert_close(dec.y_hat, codec.encode_latents(x)[0])
     with pytest.raises(ValueError, match="norm"):
         dataclasses.replace(cfg, norm="batch")
+
+
+def test_a_codec_with_built_tables_loads_tables_of_another_length():
+    """CompressAI resizes only empty table buffers; VAECodec resizes any (e.g. init_codec into a
+    SODEC checkpoint whose codec already had tables)."""
+    import torch
+
+    from sodec.config import CODEC_PRESETS
+    from sodec.models.vae_codec import VAECodec
+
+    a, b = VAECodec(CODEC_PRESETS["tiny"]), VAECodec(CODEC_PRESETS["tiny"])
+    with torch.no_grad():
+        a.entropy_bottleneck.quantiles[:, :, 0] -= 5  # wider range -> longer CDFs
+        a.entropy_bottleneck.quantiles[:, :, 2] += 5
+    a.update(force=True)
+    b.update(force=True)
+    assert a.entropy_bottleneck._quantized_cdf.shape != b.entropy_bottleneck._quantized_cdf.shape
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(b.entropy_bottleneck._quantized_cdf, a.entropy_bottleneck._quantized_cdf)

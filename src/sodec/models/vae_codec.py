@@ -251,6 +251,22 @@ class VAECodec(CompressionModel):
         if _FILL_TABLES:
             self.gaussian_conditional.update_scale_table(scale_table(), force=True)
 
+    # Entropy-table buffers, whose sizes depend on the weights they were built from.
+    _TABLES = ("_quantized_cdf", "_offset", "_cdf_length")
+
+    def load_state_dict(self, state_dict, strict: bool = True):  # type: ignore[override]
+        """CompressAI's loader, with entropy tables resized to the checkpoint's whatever they held.
+
+        CompressAI resizes only empty table buffers; a codec whose tables were already built (a
+        fresh model, or one inside a SODEC checkpoint loaded before) would refuse another
+        checkpoint's tables of a different length.
+        """
+        own = dict(self.named_buffers())
+        for key, value in state_dict.items():
+            if key.rsplit(".", 1)[-1] in self._TABLES and key in own and own[key].shape != value.shape:
+                own[key].resize_(value.shape)
+        return super().load_state_dict(state_dict, strict=strict)
+
     # -- shared pieces -------------------------------------------------------------------------
 
     def hyper_synthesis(self, z_hat: Tensor) -> Tensor:

@@ -118,18 +118,7 @@ def _load_codec_into(model: nn.Module, source: str) -> None:
         raise ValueError(f"init_codec: {path} is not a codec checkpoint, or the model has no codec")
     if codec.cfg != model.codec.cfg:  # type: ignore[union-attr]
         raise ValueError("init_codec: the codec's config differs from the model's codec config")
-    state = codec.state_dict()
-    own = model.codec.state_dict()  # type: ignore[union-attr]
-    for key, value in state.items():
-        # Entropy tables are sized by the model they were built for; CompressAI's loader resizes
-        # only empty ones, and a SODEC checkpoint's codec (e.g. D_m's stage) already has tables.
-        if (
-            key in own
-            and own[key].shape != value.shape
-            and key.rsplit(".", 1)[-1].startswith(("_quantized_cdf", "_offset", "_cdf_length"))
-        ):
-            model.codec.get_buffer(key).resize_(value.shape)  # type: ignore[union-attr]
-    model.codec.load_state_dict(state)  # type: ignore[union-attr]
+    model.codec.load_state_dict(codec.state_dict())  # type: ignore[union-attr]
     model.fidelity_decoder.load_state_dict(codec.g_s.state_dict())  # type: ignore[union-attr]
 
 
