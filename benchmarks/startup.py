@@ -14,7 +14,8 @@ timed once each, their sum reported). Measured:
   imports, reading the image, writing the file: wall - encode/decode - model load) and the
   overhead beside coding (wall - encode/decode) are reported apart (goal: overhead <= 3 s);
 * 24 Kodak images in one call (``sodec compress *.png -o DIR/``) against 24 separate calls; goal:
-  the single call saves at least 23 x the one-file start-up.
+  the single call saves at least 23 x the one-file start-up, taken as the mean of wall - encode
+  over those 24 separate calls.
 
 The machine's load average is recorded before and after (the numbers mean little on a busy
 machine). ``--readme`` writes the table between ``<!-- startup:start -->`` and
@@ -148,8 +149,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             sep_dir, one_dir = tmp / "separate", tmp / "one"
             sep_dir.mkdir()
             one_dir.mkdir()
-            runs = [run(["compress", str(f), "-o", f"{sep_dir}/", "-m", args.batch_model, "-q"], env) for f in files]
+            # Not -q: each call prints its encode time, so each call's start-up (wall - encode) is
+            # measured on the very calls the single call is compared with.
+            runs = [run(["compress", str(f), "-o", f"{sep_dir}/", "-m", args.batch_model], env) for f in files]
             separate, separate_cpu = sum(r[0] for r in runs), sum(r[1] for r in runs)
+            startups = [r[0] - _printed(r[2], "encode") for r in runs]
             one, one_cpu, _ = run(
                 ["compress", *map(str, files), "-o", f"{one_dir}/", "-m", args.batch_model, "-q"], env
             )
@@ -162,6 +166,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "separate_s": separate,
                 "one_call_s": one,
                 "separate_cpu_s": separate_cpu,
+                "separate_startup_mean_s": statistics.mean(startups),
                 "one_call_cpu_s": one_cpu,
                 "same_bytes": same,
             }
@@ -204,14 +209,16 @@ def goals(res: dict[str, Any], codec_model: str, sodec_model: str) -> list[tuple
             )
     b = res.get("batch")
     if b:
-        m = c["compress (codec)"] if b["model"] == codec_model else c["compress (sodec)"]
-        startup = m["wall_s"] - m["coding_s"]
+        # The start-up of the compared calls themselves (mean of wall - encode over the separate
+        # calls); the median of the single-command runs above is noisier against 24 calls.
+        startup = b["separate_startup_mean_s"]
         saved = b["separate_s"] - b["one_call_s"]
         checks.append(
             (
                 f"{b['files']} files in one call save >= {b['files'] - 1} x start-up",
                 saved >= (b["files"] - 1) * startup,
-                f"saved {saved:.1f} s vs {b['files'] - 1} x {startup:.2f} s = {(b['files'] - 1) * startup:.1f} s",
+                f"saved {saved:.1f} s vs {b['files'] - 1} x {startup:.2f} s (mean start-up of the separate calls)"
+                f" = {(b['files'] - 1) * startup:.1f} s",
             )
         )
     return checks
@@ -246,7 +253,9 @@ def render(res: dict[str, Any], args: argparse.Namespace) -> str:
         lines += [
             "",
             f"{b['files']} Kodak images with {b['model']}: {b['separate_s']:.1f} s as {b['files']} calls, "
-            f"{b['one_call_s']:.1f} s in one call (`sodec compress *.png -o DIR/`, one model load; CPU "
+            f"{b['one_call_s']:.1f} s in one call (`sodec compress *.png -o DIR/`, one model load; saved "
+            f"{b['separate_s'] - b['one_call_s']:.1f} s = {(b['separate_s'] - b['one_call_s']) / b['separate_startup_mean_s']:.1f}"
+            f" x the separate calls' mean start-up of {b['separate_startup_mean_s']:.2f} s (wall - encode); CPU "
             f"{b['separate_cpu_s']:.1f} s vs {b['one_call_cpu_s']:.1f} s; "
             f"{'the same bytes' if b['same_bytes'] else 'DIFFERENT bytes'}).",
         ]

@@ -132,3 +132,51 @@ def test_lean_compressai_is_compressai(tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["compressai.models.google", "compressai.zoo"]
+
+
+def test_decompress_with_the_small_sodec_model_imports_no_diffusion_stack(tmp_path: Path, photo: Path) -> None:
+    """The small preset's UNet and ViT are the in-project modules (models/unet.py, vit.py):
+    decoding imports neither diffusers (7 s here: torch._dynamo, peft, transformers) nor timm."""
+    from sodec import registry
+
+    small = [e for e in registry.models() if e.kind == "sodec"]
+    if not small:
+        pytest.skip("no shipped SODEC model")
+    f = tmp_path / "a.sodec"
+    rc, _, err = run_fresh("compress", str(photo), "-o", str(f), "-m", small[0].name)
+    assert rc == 0, err
+    rc, imported, err = run_fresh("decompress", str(f), "-o", str(tmp_path / "a.png"))
+    assert rc == 0, err
+    assert (tmp_path / "a.png").is_file()
+    assert not {"torch_geometric", "torchvision", "diffusers", "timm"} & set(imported), imported
+
+
+def test_console_entry_ends_without_teardown_but_keeps_output_and_exit_code(tmp_path: Path, photo: Path) -> None:
+    """`python -m sodec` (= the `sodec` script, cli.run) ends compress/decompress with os._exit
+    once torch is loaded: the file must be complete, the printed line flushed into a pipe, and
+    the exit code kept, also when one file of a batch fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+    def sodec(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sodec", *argv], capture_output=True, text=True, env=env, timeout=300
+        )
+
+    out = tmp_path / "out"
+    out.mkdir()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    p = sodec("compress", str(photo), "-m", str(TINY), "-o", str(tmp_path / "a.sodec"))
+    assert p.returncode == 0, p.stderr
+    assert "a.sodec" in p.stderr + p.stdout and "bpp" in p.stderr + p.stdout
+    p = sodec("decompress", str(tmp_path / "a.sodec"), "-m", str(TINY), "-o", str(tmp_path / "a.png"))
+    assert p.returncode == 0, p.stderr
+    with Image.open(tmp_path / "a.png") as im:
+        assert im.size == (144, 144)
+        im.load()  # the whole PNG is there
+    p = sodec("compress", str(photo), str(broken), "-m", str(TINY), "-o", f"{out}/")
+    assert "broken.png" in p.stderr and "1 failed" in p.stderr
+    assert sorted(f.name for f in out.iterdir()) == ["photo.sodec"]
+    (out / "photo.sodec").unlink()
+    rc, _, _ = run_fresh("compress", str(photo), str(broken), "-m", str(TINY), "-o", f"{out}/")
+    assert p.returncode == rc != 0  # the code main() returns

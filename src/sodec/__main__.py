@@ -1,7 +1,5 @@
 """``python -m sodec``: the same as the ``sodec`` command (where no console script is installed)."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

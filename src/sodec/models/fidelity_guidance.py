@@ -7,7 +7,8 @@ of the text embedding, steering the one-step output toward the original::
     x_f (B, 3, H, W) ─ resize to img_size ─ ImageNet norm ─ ViT ─▶ (B, N, D) ─ F_p ─▶ c_g (B, T, cond_dim)
 
 F_p: LayerNorm + MLP over channels (D -> cond_dim), then a learned linear mix over tokens
-(N -> T; T = 77 in the paper preset, SD 2.1's text length). The ViT is timm's.
+(N -> T; T = 77 in the paper preset, SD 2.1's text length). The ViT is timm's at paper scale,
+models/vit.py's (the same architecture and parameter names) in the small preset.
 """
 
 from __future__ import annotations
@@ -23,20 +24,19 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def build_vit(cfg: FGMConfig) -> nn.Module:
-    """A timm ViT returning token features (``num_classes=0``); random init, weights loaded later."""
-    import timm
-    from timm.models.vision_transformer import VisionTransformer
+    """The ViT returning token features; random init, weights loaded later.
 
+    ``cfg.timm_name`` set (paper preset, a pretrained architecture): timm's model with
+    ``num_classes=0``. Unset (small preset, trained from scratch): the in-project plain ViT
+    (models/vit.py, timm's parameter names), which spares a decode timm's import.
+    """
     if cfg.timm_name is not None:
+        import timm
+
         return timm.create_model(cfg.timm_name, pretrained=False, num_classes=0, img_size=cfg.img_size)
-    return VisionTransformer(
-        img_size=cfg.img_size,
-        patch_size=cfg.patch_size,
-        embed_dim=cfg.embed_dim,
-        depth=cfg.depth,
-        num_heads=cfg.num_heads,
-        num_classes=0,
-    )
+    from .vit import VisionTransformer
+
+    return VisionTransformer(cfg.img_size, cfg.patch_size, cfg.embed_dim, cfg.depth, cfg.num_heads)
 
 
 class Projector(nn.Module):

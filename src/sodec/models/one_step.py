@@ -14,6 +14,8 @@ Small preset (``SodecConfig.latent_decoder``): the latent space is TAEF2's (32 c
 models/taef2.py) and D_m a TAESD-style decoder distilled from TAEF2's; the UNet, trained from
 scratch, predicts a residual (``DiffusionConfig.prediction_type = "residual"``):
 y_0 = y_t + UNet(y_t, 999, c_g), its last conv starting at zero so that y_0 starts as T_s's latent.
+A UNet without LoRA (the small preset's) is models/unet.py's, diffusers' architecture and parameter
+names without diffusers' import cost (issue 13).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from ..config import AutoencoderConfig, DiffusionConfig, TAEConfig, UNetConfig
+from .unet import ConditionalUNet
+from .unet import supported as unet_supported
 
 
 def _diffusers():
@@ -81,7 +85,10 @@ class OneStepDiffusion(nn.Module):
         super().__init__()
         self.unet_cfg, self.vae_cfg, self.diffusion_cfg = unet, vae, diffusion
         self.latent_decoder_cfg = latent_decoder
-        self.unet = _unet_class()(**unet.diffusers_kwargs())
+        # SD's UNet with LoRA (paper preset) comes from diffusers; a UNet trained from scratch
+        # without adapters (small preset) is models/unet.py's, the same architecture and
+        # parameter names without diffusers' seconds of imports.
+        self.unet = ConditionalUNet(unet) if unet_supported(unet) else _unet_class()(**unet.diffusers_kwargs())
         if latent_decoder is None:
             AutoencoderKL = _diffusers()[0]
             self.vae = AutoencoderKL(**vae.diffusers_kwargs())
@@ -119,6 +126,10 @@ class OneStepDiffusion(nn.Module):
     def timestep(self, batch: int, device: torch.device) -> Tensor:
         return torch.full((batch,), self.diffusion_cfg.timestep, dtype=torch.long, device=device)
 
+    def _unet(self, y: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        out = self.unet(y, t, encoder_hidden_states=cond)
+        return out if isinstance(out, Tensor) else out.sample  # diffusers wraps it in an output class
+
     def denoise(self, y_t: Tensor, cond: Tensor) -> Tensor:
         """y_t: (B, c, h, w) taken as the noisy latent at t; cond: (B, T, D) -> y_0 (B, c, h, w).
 
@@ -126,7 +137,7 @@ class OneStepDiffusion(nn.Module):
         residual: y_0 = y_t + UNet output (DiffusionConfig.prediction_type).
         """
         t = self.diffusion_cfg.timestep
-        out = self.unet(y_t, self.timestep(y_t.size(0), y_t.device), encoder_hidden_states=cond).sample
+        out = self._unet(y_t, self.timestep(y_t.size(0), y_t.device), cond)
         if self.diffusion_cfg.prediction_type == "residual":
             return y_t + out
         abar = self.alphas_cumprod[t]
@@ -164,7 +175,7 @@ class OneStepDiffusion(nn.Module):
             for k in range(steps):
                 t = self.diffusion_cfg.timestep * (steps - k) // steps
                 tt = torch.full((latent.size(0),), t, dtype=torch.long, device=latent.device)
-                latent = latent + self.unet(latent, tt, encoder_hidden_states=cond).sample
+                latent = latent + self._unet(latent, tt, cond)
             return latent
         _, DDIMScheduler, _, _ = _diffusers()
         d = self.diffusion_cfg
@@ -178,6 +189,6 @@ class OneStepDiffusion(nn.Module):
         latent = y_t
         for t in sched.timesteps:
             tt = torch.full((latent.size(0),), int(t), dtype=torch.long, device=latent.device)
-            eps = self.unet(latent, tt, encoder_hidden_states=cond).sample
+            eps = self._unet(latent, tt, cond)
             latent = sched.step(eps, t, latent).prev_sample
         return latent
