@@ -660,15 +660,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands after which the `sodec` process may end without interpreter teardown (see run()).
 _FAST_EXIT = {"cmd_compress", "cmd_decompress"}
-_fast_exit_ok = False
 
 
 def main(argv: list[str] | None = None) -> int:
     """The `sodec` command line: parse ``argv`` (default sys.argv[1:]), run it, return the exit code."""
-    global _fast_exit_ok
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _fast_exit_ok = getattr(args.func, "__name__", "") in _FAST_EXIT
+    return _main(argv)[0]
+
+
+def _main(argv: list[str] | None) -> tuple[int, bool]:
+    """-> (exit code, whether the command may end the process without teardown)."""
+    args = build_parser().parse_args(argv)
+    return _run_command(args), getattr(args.func, "__name__", "") in _FAST_EXIT
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except SodecError as e:
@@ -698,8 +703,8 @@ def run() -> None:
     process ends there with the same exit code, its output flushed. Other commands, and any use
     of :func:`main` as a library call, exit normally.
     """
-    code = main()
-    if _fast_exit_ok and "torch" in sys.modules:
+    code, fast_exit_ok = _main(None)
+    if fast_exit_ok and "torch" in sys.modules:
         try:
             sys.stdout.flush()
             sys.stderr.flush()
