@@ -1,6 +1,7 @@
 """Mean bpp (from the bytes written), PSNR, MS-SSIM and encode/decode seconds on a folder.
 
     python scripts/eval_codec.py [--data ../shared/data/kodak] [--model NAME ...] [--json out.json]
+        [--readme README.md] [--registry]   # write the README table / models.json's kodak_bpp
 
 Every image is coded whole (no resizing), compressed to a real .sodec file and decoded from those
 bytes; bpp = 8 * file bytes / pixels, header included. Defaults: every shipped model, Kodak.
@@ -65,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json")
     p.add_argument("--readme", help="also write the table into this README's generated section")
+    p.add_argument(
+        "--registry",
+        action="store_true",
+        help="also record each shipped model's mean bpp as its kodak_bpp in sodec/weights/models.json",
+    )
     a = p.parse_args(argv)
     files = list_images(a.data)
     names = a.model or [e.name for e in registry.models()]
@@ -103,6 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
+    if a.registry:
+        reg_path = registry.weights_folder() / "models.json"
+        reg = json.loads(reg_path.read_text())
+        measured = {r["model"]: round(r["mean"]["bpp"], 4) for r in results}
+        for entry in reg["models"]:
+            if entry["name"] in measured:
+                entry["kodak_bpp"] = measured[entry["name"]]
+        reg_path.write_text(json.dumps(reg, indent=2) + "\n")
     if a.readme:
         from sodec.reporting import replace_section
 

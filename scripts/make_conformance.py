@@ -112,6 +112,13 @@ def flip(data: bytes, bit: int) -> bytes:
     return bytes(b)
 
 
+def two_streams(data: bytes) -> bytes:
+    """The file sodec <= 0.1 wrote for the same image: z and y, without the mean-colour stream."""
+    box = container.unpack(data)
+    header = dataclasses.replace(box.header, stream_lengths=box.header.stream_lengths[:2])
+    return container.pack(header, list(box.streams[:2]))
+
+
 def build(model: api.Model) -> dict[str, tuple[bytes, str, str]]:
     """name -> (file bytes, expected outcome, what the file is)."""
     files: dict[str, tuple[bytes, str, str]] = {}
@@ -119,13 +126,20 @@ def build(model: api.Model) -> dict[str, tuple[bytes, str, str]]:
     def add(name: str, data: bytes, expect: str, note: str) -> None:
         files[name] = (data, expect, note)
 
+    # The ok-<w>x<h> files are as sodec <= 0.1 wrote them (two streams, no mean colour): they
+    # must keep decoding, to the same pixels, in every later release.
     valid = {}
     for h, w, seed in [(64, 64, 1), (37, 100, 2), (1, 1, 3), (130, 65, 4), (512, 768, 5)]:
-        data = api.compress(model, synthetic(h, w, seed))
+        data = two_streams(api.compress(model, synthetic(h, w, seed)))
         valid[(w, h)] = data
         add(f"ok-{w}x{h}.sodec", data, "ok", f"synthetic {w}x{h} image (seed {seed})")
     flat = np.full((64, 96, 3), 128, np.uint8)
-    add("ok-flat-96x64.sodec", api.compress(model, flat), "ok", "uniform grey: the smallest streams")
+    add("ok-flat-96x64.sodec", two_streams(api.compress(model, flat)), "ok", "uniform grey: the smallest streams")
+    # Files with the mean-colour stream (docs/format.md, "Mean colour").
+    for h, w, seed in [(37, 100, 2), (130, 65, 4)]:
+        add(f"ok-mean-colour-{w}x{h}.sodec", api.compress(model, synthetic(h, w, seed)), "ok", f"synthetic {w}x{h} image (seed {seed}), mean-colour stream")
+    red = np.full((64, 64, 3), (200, 30, 30), np.uint8)
+    add("ok-mean-colour-flat-64x64.sodec", api.compress(model, red), "ok", "flat (200, 30, 30), mean-colour stream")
 
     base = valid[(64, 64)]
     box = container.unpack(base)
@@ -170,7 +184,13 @@ def build(model: api.Model) -> dict[str, tuple[bytes, str, str]]:
     add("varint-6-bytes.sodec", with_streams(z, y, width_uv=b"\x80" * 5 + b"\x01"), "FormatError", "6-byte varint")
     add("width-0.sodec", with_streams(z, y, width=0), "FormatError", "width 0")
     add("width-too-large.sodec", with_streams(z, y, width=(1 << 24) + 1), "FormatError", "width above 2^24")
-    add("three-streams.sodec", raw_file([z, y, b"\0" * 8], **common), "FormatError", "3 streams")  # type: ignore[arg-type]
+    add("three-streams.sodec", raw_file([z, y, b"\0" * 8], **common), "FormatError", "a third stream of 8 bytes, not 6")  # type: ignore[arg-type]
+    mean_short = raw_file([z, y, b"\0" * 5], **common)  # type: ignore[arg-type]
+    add("mean-colour-5-bytes.sodec", mean_short, "FormatError", "a mean-colour stream of 5 bytes")
+    over = raw_file([z, y, struct.pack("<3H", 255 * 64 + 1, 0, 0)], **common)  # type: ignore[arg-type]
+    add("mean-colour-over-255.sodec", over, "FormatError", "mean red of 255 + 1/64 levels")
+    four = raw_file([z, y, bytes(6), bytes(6)], **common)  # type: ignore[arg-type]
+    add("four-streams.sodec", four, "FormatError", "a fourth stream after the mean colour")
     add("one-stream.sodec", raw_file([z + y], **common), "FormatError", "1 stream")  # type: ignore[arg-type]
 
     # Limits: refused from the header alone, before any model or tensor.

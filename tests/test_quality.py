@@ -1,9 +1,11 @@
 """Picture checks of issue 11 on the shipped models (benchmarks/quality_checks.py has all of them).
 
-Only the checks the shipped models pass are here; the others (flat patches within 3 levels, mean
-colour within 3 levels, border ring within 1 dB) are measured by the benchmark and reported in
-the README, not asserted. The colour bounds below are regression bounds for the hue loss the
-earlier models had (a flat (30, 160, 60) decoded as (70, 86, 98)), not the issue's 3-level goal.
+Only the checks the shipped models pass are here; the others (flat patches within 3 levels,
+border ring within 1 dB) are measured by the benchmark and reported in the README, not asserted.
+The flat-colour bound below is a regression bound for the hue loss the earlier models had (a
+flat (30, 160, 60) decoded as (70, 86, 98)), not the issue's 3-level goal. The mean colour is
+within the issue's 3 levels because files carry it (sodec.mean_colour); the decoder's own drift
+is reported by the benchmark.
 """
 
 from __future__ import annotations
@@ -37,18 +39,19 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("name", ["codec-small-q3", "codec-small-q2", "sodec-small-q2", "sodec-small-q1"])
 def test_flat_saturated_colours_keep_their_hue(name):
-    """Interior mean of a flat 256x256 patch within 16 levels per channel.
+    """Interior mean of a flat 256x256 patch within 8 levels per channel.
 
-    A regression bound for hue loss, not the issue's 3-level goal: the models shipped before
-    issue 11 were 40-100 levels off; the current ones measure up to 12.3 (codec-small-q3 on
-    (20, 40, 200)); benchmarks/quality_checks.py reports the exact figures."""
+    A regression bound for hue loss, not the issue's 3-level goal (which bounds every sample):
+    the models shipped before issue 11 were 40-100 levels off; without the mean-colour stream
+    the current ones measure up to 12.3 (codec-small-q3 on (20, 40, 200)), with it up to 4.3
+    (codec-small-q2 on (30, 160, 60)); benchmarks/quality_checks.py reports the exact figures."""
     model = api.load_model(name)
     for colour in FLAT:
         img = np.empty((256, 256, 3), np.uint8)
         img[:] = colour
         dec = api.decompress(api.compress(model, img), model).astype(float)
         mean = dec[32:-32, 32:-32].reshape(-1, 3).mean(0)
-        assert np.abs(mean - np.array(colour)).max() <= 16, (name, colour, mean.round(1))
+        assert np.abs(mean - np.array(colour)).max() <= 8, (name, colour, mean.round(1))
 
 
 @needs_kodak
@@ -81,7 +84,7 @@ def test_default_model_has_no_periodic_grid_and_keeps_mean_colour(default_model)
         dec = api.decompress(api.compress(default_model, img), default_model)
         assert quality_checks.grid_peak(img, dec) <= 4.0, p.name
         mean_err = np.abs(dec.reshape(-1, 3).mean(0) - img.reshape(-1, 3).mean(0)).max()
-        assert mean_err <= 12, (p.name, mean_err)
+        assert mean_err <= 3, (p.name, mean_err)
 
 
 @pytest.mark.skipif(not (SHARED / "cases" / "crop-64x64.png").is_file(), reason="../shared/cases/crop-64x64.png absent")

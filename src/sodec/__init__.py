@@ -3,4 +3,4 @@
 The library API lives in :mod:`sodec.api` (``load_model``, ``compress``, ``decompress``, ``info``).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

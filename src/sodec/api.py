@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import container, fileinfo, registry
+from . import container, fileinfo, mean_colour, registry
 from .checkpoint import load_checkpoint, sha256_file
 from .errors import (
     CorruptedError,
@@ -185,10 +185,11 @@ def compress(model: Model, image: np.ndarray, max_pixels: int | None = container
         if err is None:
             raise
         raise err from e
+    colour = mean_colour.encode(image)
     header = container.Header(
-        model.model_id, model.weights_id, w, h, (len(streams.z), len(streams.y)), streams.symbols_crc
+        model.model_id, model.weights_id, w, h, (len(streams.z), len(streams.y), len(colour)), streams.symbols_crc
     )
-    return container.pack(header, [streams.z, streams.y])
+    return container.pack(header, [streams.z, streams.y, colour])
 
 
 def check_model(model: Model, header: container.Header) -> None:
@@ -251,6 +252,15 @@ class DecodedLatents:
     y_hat: torch.Tensor  # (1, C, H/16, W/16), padded size
     w: torch.Tensor  # (1, 2C, H/16, W/16): h_s output (scales, means)
     model: Model
+    mean_colour: tuple[float, float, float] | None = None  # levels; None in files without the stream
+
+    def finish(self, x: torch.Tensor) -> np.ndarray:
+        """A decoder's (1, 3, Hp, Wp) output in [0, 1] -> the (H, W, 3) uint8 image: cropped to the
+        header's size, its mean matched to the file's mean colour (:mod:`sodec.mean_colour`)."""
+        x = x[..., : self.header.height, : self.header.width]
+        if self.mean_colour is not None:
+            mean_colour.match(x, self.mean_colour)
+        return to_uint8(x)
 
 
 def decode_latents(
@@ -274,15 +284,17 @@ def decode_latents(
         raise LimitsError(
             f"image of {h.width}x{h.height} is decoded padded to {wp}x{hp}, over the limit of {max_pixels} pixels"
         )
-    if len(box.streams) != 2:
-        raise FormatError(f"a codec file holds 2 streams (z, y), this one {len(box.streams)}")
+    if len(box.streams) not in (2, 3):
+        raise FormatError(f"a codec file holds 2 or 3 streams (z, y, mean colour), this one {len(box.streams)}")
+    # Files of sodec <= 0.1 have no mean-colour stream; it is checked before any model work.
+    colour = mean_colour.decode(box.streams[2]) if len(box.streams) == 3 else None
     model = model or model_for(h, base_weights)
     check_model(model, h)
     cfg = model.codec.cfg
     latent_hw = (hp // 16, wp // 16)
     n_y = cfg.latent_channels * latent_hw[0] * latent_hw[1]
     n_z = cfg.hyper_latent_channels * (latent_hw[0] // 4) * (latent_hw[1] // 4)
-    z, y = box.streams
+    z, y = box.streams[:2]
     check_stream("z", len(z), n_z)
     check_stream("y", len(y), n_y)
     z_padded = z + bytes(_stream_padding(len(z), n_z))
@@ -296,7 +308,7 @@ def decode_latents(
         raise DesyncError(
             "decoded symbols do not match the encoder's (entropy-decoder desync); refusing to produce a wrong image"
         )
-    return DecodedLatents(h, y_hat, w, model)
+    return DecodedLatents(h, y_hat, w, model, colour)
 
 
 def decompress(
@@ -310,13 +322,12 @@ def decompress(
     if tile is not None and (tile <= 8 or tile % 4):
         raise UsageError(f"tile {tile}: use a multiple of 4 above 8 (latent rows/cols)")
     lat = decode_latents(data, model, max_pixels, base_weights)
-    h = lat.header
     with torch.inference_mode():
         try:
             x = lat.model.module.reconstruct(lat.y_hat, lat.w, tile=tile)  # type: ignore[operator]
         except MemoryError as e:
             raise _decode_failed(e) from None
-    return to_uint8(x[..., : h.height, : h.width])
+        return lat.finish(x)
 
 
 def info(data: bytes, max_pixels: int | None = container.DEFAULT_MAX_PIXELS) -> dict[str, Any]:

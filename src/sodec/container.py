@@ -15,7 +15,7 @@ Layout (version 1; integers little-endian, ``uv`` = unsigned LEB128 varint, mini
     weights_id   4   first 4 bytes of the model checkpoint's sha256
     width        uv  1..2^24
     height       uv  1..2^24
-    n_streams    1   1..8 (the codec writes 2: z then y)
+    n_streams    1   1..8 (sodec writes 3: z, y, mean colour; files of sodec <= 0.1 hold z, y)
     stream_len   uv  one per stream
     symbols_crc  4   CRC-32 of the decoded integer symbols (entropy-decoder desync check)
     header_crc   4   CRC-32 of every header byte before it

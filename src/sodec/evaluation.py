@@ -304,7 +304,7 @@ def decode_variant(model: api.Model, data: bytes, decoder: str = "sodec", steps:
             x = model.codec.reconstruct(lat.y_hat, lat.w)
         else:
             x = model.module.reconstruct(lat.y_hat, lat.w, guidance=False)  # type: ignore[operator]
-    return api.to_uint8(x[..., : lat.header.height, : lat.header.width])
+    return lat.finish(x)
 
 
 def _split(codecs: Sequence[str | os.PathLike[str] | api.Model]) -> tuple[list[_Entry], list[str]]:

@@ -14,6 +14,7 @@ from .errors import LimitsError, SodecError, UsageError
 
 # The codec works on images padded to this multiple (z sits at stride 64); sodec.api uses it too.
 PAD_MULTIPLE = 64
+STREAM_NAMES = ("z", "y", "mean_colour")  # in file order; files of sodec <= 0.1 hold the first two
 
 
 def padded_size(width: int, height: int) -> tuple[int, int]:
@@ -62,8 +63,8 @@ def info(data: bytes, max_pixels: int | None = container.DEFAULT_MAX_PIXELS) -> 
         "padded_to": list(padded_size(h.width, h.height)),
         "padding": "edge-replicate, bottom/right",
         "entropy_coder": container.CODERS[h.coder],
-        "streams": {"z": h.stream_lengths[0], "y": h.stream_lengths[1]}
-        if len(h.stream_lengths) == 2
+        "streams": dict(zip(STREAM_NAMES, h.stream_lengths))
+        if len(h.stream_lengths) in (2, 3)
         else list(h.stream_lengths),
         "header_bytes": h.header_len,
         "file_bytes": box.file_size,

@@ -93,13 +93,13 @@ def _seal_symbols(data: bytes) -> bytes:
     api, container, errors, model = _state["api"], _state["container"], _state["errors"], _state["model"]
     try:
         box = container.unpack(data, MAX_PIXELS)
-        if len(box.streams) != 2:
+        if len(box.streams) not in (2, 3):
             return data
         wp, hp = api.padded_size(box.header.width, box.header.height)
         cfg = model.codec.cfg
         n_y = cfg.latent_channels * (hp // 16) * (wp // 16)
         n_z = cfg.hyper_latent_channels * (hp // 64) * (wp // 64)
-        z, y = box.streams
+        z, y = box.streams[:2]
         api.check_stream("z", len(z), n_z)
         api.check_stream("y", len(y), n_y)
         if wp * hp > MAX_PIXELS:
