@@ -286,6 +286,7 @@ def table(result: EvaluationResult) -> str:
         f"found in {encodes} encodes per image and codec on average); "
         "`<model>@x_vae` is the same file decoded by the codec's own synthesis g_s, `<model>@no_fgm` by the full decoder "
         "with the guidance condition removed (zero condition tokens; inference-time FGM ablation, Fig. 3); "
+        "every sodec decoder's output is shifted to the mean colour its file carries (6 bytes, in the bpp); "
         "PSNR on RGB 0–255, averaged per image; MS-SSIM with pytorch-msssim (data range 1); "
         "LPIPS v0.1 reported with both AlexNet and VGG (inputs in [−1, 1]); DISTS at native resolution; "
         "HaarPSI, VSI, FSIM, GMSD from piq; FID/KID on 256×256 patches (HiFiC's FID/256: grid + grid shifted by 128 px, "

