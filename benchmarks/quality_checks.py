@@ -58,20 +58,8 @@ def grid_peak(orig: np.ndarray, dec: np.ndarray) -> float:
     return worst
 
 
-def without_mean_colour(data: bytes) -> bytes:
-    """The same file without its mean-colour stream: what the decoder makes on its own."""
-    import dataclasses
-
-    from sodec import container
-
-    box = container.unpack(data)
-    return container.pack(
-        dataclasses.replace(box.header, stream_lengths=box.header.stream_lengths[:2]), list(box.streams[:2])
-    )
-
-
 def check_model(name: str, kodak: list[Path]) -> dict:
-    from sodec import api
+    from sodec import api, mean_colour
     from sodec.image_io import read_image
 
     model = api.load_model(name)
@@ -92,7 +80,7 @@ def check_model(name: str, kodak: list[Path]) -> dict:
         bpps.append(8 * len(data) / (img.shape[0] * img.shape[1]))
         psnrs.append(psnr(img, dec))
         mean_err.append(float(np.abs(dec.reshape(-1, 3).mean(0) - img.reshape(-1, 3).mean(0)).max()))
-        raw = api.decompress(without_mean_colour(data), model)
+        raw = api.decompress(mean_colour.strip(data), model)
         drift.append(float(np.abs(raw.reshape(-1, 3).mean(0) - img.reshape(-1, 3).mean(0)).max()))
         ring = np.ones(img.shape[:2], bool)
         ring[16:-16, 16:-16] = False

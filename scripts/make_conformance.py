@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sodec import api, container, contract, errors
+from sodec import api, container, contract, errors, mean_colour
 from sodec.checkpoint import save_checkpoint
 from sodec.config import CODEC_PRESETS
 from sodec.image_io import png_bytes
@@ -112,13 +112,6 @@ def flip(data: bytes, bit: int) -> bytes:
     return bytes(b)
 
 
-def two_streams(data: bytes) -> bytes:
-    """The file sodec <= 0.1 wrote for the same image: z and y, without the mean-colour stream."""
-    box = container.unpack(data)
-    header = dataclasses.replace(box.header, stream_lengths=box.header.stream_lengths[:2])
-    return container.pack(header, list(box.streams[:2]))
-
-
 def build(model: api.Model) -> dict[str, tuple[bytes, str, str]]:
     """name -> (file bytes, expected outcome, what the file is)."""
     files: dict[str, tuple[bytes, str, str]] = {}
@@ -130,14 +123,19 @@ def build(model: api.Model) -> dict[str, tuple[bytes, str, str]]:
     # must keep decoding, to the same pixels, in every later release.
     valid = {}
     for h, w, seed in [(64, 64, 1), (37, 100, 2), (1, 1, 3), (130, 65, 4), (512, 768, 5)]:
-        data = two_streams(api.compress(model, synthetic(h, w, seed)))
+        data = mean_colour.strip(api.compress(model, synthetic(h, w, seed)))
         valid[(w, h)] = data
         add(f"ok-{w}x{h}.sodec", data, "ok", f"synthetic {w}x{h} image (seed {seed})")
     flat = np.full((64, 96, 3), 128, np.uint8)
-    add("ok-flat-96x64.sodec", two_streams(api.compress(model, flat)), "ok", "uniform grey: the smallest streams")
+    add("ok-flat-96x64.sodec", mean_colour.strip(api.compress(model, flat)), "ok", "uniform grey: the smallest streams")
     # Files with the mean-colour stream (docs/format.md, "Mean colour").
     for h, w, seed in [(37, 100, 2), (130, 65, 4)]:
-        add(f"ok-mean-colour-{w}x{h}.sodec", api.compress(model, synthetic(h, w, seed)), "ok", f"synthetic {w}x{h} image (seed {seed}), mean-colour stream")
+        add(
+            f"ok-mean-colour-{w}x{h}.sodec",
+            api.compress(model, synthetic(h, w, seed)),
+            "ok",
+            f"synthetic {w}x{h} image (seed {seed}), mean-colour stream",
+        )
     red = np.full((64, 64, 3), (200, 30, 30), np.uint8)
     add("ok-mean-colour-flat-64x64.sodec", api.compress(model, red), "ok", "flat (200, 30, 30), mean-colour stream")
 

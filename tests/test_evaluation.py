@@ -349,7 +349,6 @@ def test_sodec_files_are_also_decoded_as_x_vae_and_without_guidance(tiny_sodec, 
     image = read_image(data_dir / "a.png")[0]
     data = api.compress(model, image)
     lat = api.decode_latents(data, model)
-    h, w = image.shape[:2]
     from sodec.determinism import deterministic_attention
 
     with torch.inference_mode(), deterministic_attention():  # the attention path decoding uses

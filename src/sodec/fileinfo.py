@@ -63,7 +63,7 @@ def info(data: bytes, max_pixels: int | None = container.DEFAULT_MAX_PIXELS) -> 
         "padded_to": list(padded_size(h.width, h.height)),
         "padding": "edge-replicate, bottom/right",
         "entropy_coder": container.CODERS[h.coder],
-        "streams": dict(zip(STREAM_NAMES, h.stream_lengths))
+        "streams": dict(zip(STREAM_NAMES[: len(h.stream_lengths)], h.stream_lengths, strict=True))
         if len(h.stream_lengths) in (2, 3)
         else list(h.stream_lengths),
         "header_bytes": h.header_len,

@@ -19,11 +19,13 @@ units of 1/64 level (0..16320, i.e. 0..255 levels), rounded to nearest.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 import numpy as np
 import torch
 
+from . import container
 from .errors import FormatError
 
 STREAM_BYTES = 6
@@ -36,7 +38,7 @@ MAX_ITERATIONS = 8
 def encode(image: np.ndarray) -> bytes:
     """The 6-byte stream of an (H, W, 3) uint8 image: each channel's mean in 1/64 levels."""
     mean = image.reshape(-1, 3).mean(0, dtype=np.float64)  # (3,) levels
-    return struct.pack("<3H", *(int(round(float(m) * UNITS_PER_LEVEL)) for m in mean))
+    return struct.pack("<3H", *(round(float(m) * UNITS_PER_LEVEL) for m in mean))
 
 
 def decode(stream: bytes) -> tuple[float, float, float]:
@@ -48,6 +50,16 @@ def decode(stream: bytes) -> tuple[float, float, float]:
         raise FormatError(f"mean colour {max(values) / UNITS_PER_LEVEL:.2f} levels is above 255")
     r, g, b = (v / UNITS_PER_LEVEL for v in values)
     return r, g, b
+
+
+def strip(data: bytes) -> bytes:
+    """A .sodec file without its mean-colour stream: the file sodec 0.1 wrote for the same image,
+    which decodes to what the decoder makes on its own. A two-stream file comes back unchanged."""
+    box = container.unpack(data)
+    if len(box.streams) != 3:
+        return data
+    header = dataclasses.replace(box.header, stream_lengths=box.header.stream_lengths[:2])
+    return container.pack(header, list(box.streams[:2]))
 
 
 @torch.inference_mode()
