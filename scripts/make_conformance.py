@@ -185,7 +185,7 @@ def build(model: api.Model) -> dict[str, tuple[bytes, str, str]]:
     add("three-streams.sodec", raw_file([z, y, b"\0" * 8], **common), "FormatError", "a third stream of 8 bytes, not 6")  # type: ignore[arg-type]
     mean_short = raw_file([z, y, b"\0" * 5], **common)  # type: ignore[arg-type]
     add("mean-colour-5-bytes.sodec", mean_short, "FormatError", "a mean-colour stream of 5 bytes")
-    over = raw_file([z, y, struct.pack("<3H", 255 * 64 + 1, 0, 0)], **common)  # type: ignore[arg-type]
+    over = raw_file([z, y, struct.pack("<3H", mean_colour.MAX_VALUE + 1, 0, 0)], **common)  # type: ignore[arg-type]
     add("mean-colour-over-255.sodec", over, "FormatError", "mean red of 255 + 1/64 levels")
     four = raw_file([z, y, bytes(6), bytes(6)], **common)  # type: ignore[arg-type]
     add("four-streams.sodec", four, "FormatError", "a fourth stream after the mean colour")
