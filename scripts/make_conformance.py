@@ -2,7 +2,7 @@
 
     python scripts/make_conformance.py            # (re)write the files and manifest.json
     python scripts/make_conformance.py --check    # rebuild in memory, compare with what is there
-    python scripts/make_conformance.py --new-model  # also replace tests/data/codec-tiny-test.safetensors
+    python scripts/make_conformance.py --new-model  # also replace the test models in tests/data/
 
 Every file is coded with a tiny fixed test model, not a shipped one (those are retrained and will
 change): ``CODEC_PRESETS["tiny"]`` with ``torch.manual_seed(0)``. The model file is made once
@@ -42,6 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 MODEL_FILE = "codec-tiny-test.safetensors"
 MODEL_ID = "codec-tiny-test"
+# The same tiny codec with a checkerboard context model (CodecConfig.context; docs/format.md):
+# its files pin the two-run order of the y stream. Made and kept like the model above.
+CONTEXT_MODEL_FILE = "codec-tiny-context-test.safetensors"
+CONTEXT_MODEL_ID = "codec-tiny-context-test"
 
 
 def make_model(path: Path) -> str:
@@ -59,6 +63,20 @@ def make_model(path: Path) -> str:
         last.bias[: cfg.latent_channels] = torch.logspace(np.log10(0.15), np.log10(60.0), cfg.latent_channels)
     model.update(force=True)
     return save_checkpoint(path, model, "codec", cfg, {"sodec.model_id": MODEL_ID})
+
+
+def make_context_model(path: Path) -> str:
+    """The test model with a checkerboard context whose residual is not zero (a zero residual
+    would code exactly like the plain hyperprior, and the files would pin nothing)."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(CODEC_PRESETS["tiny"], context="checkerboard")
+    model = VAECodec(cfg)
+    last = model.h_s[-1]
+    with torch.no_grad():
+        last.bias[: cfg.latent_channels] = torch.logspace(np.log10(0.15), np.log10(60.0), cfg.latent_channels)
+        torch.nn.init.normal_(model.context_model.params[-1].weight, std=0.3)  # type: ignore[union-attr]
+    model.update(force=True)
+    return save_checkpoint(path, model, "codec", cfg, {"sodec.model_id": CONTEXT_MODEL_ID})
 
 
 def synthetic(height: int, width: int, seed: int) -> np.ndarray:
@@ -218,6 +236,18 @@ def build(model: api.Model) -> dict[str, tuple[bytes, str, str]]:
     return files
 
 
+def build_context(model: api.Model) -> dict[str, tuple[bytes, str, str]]:
+    """Files of the checkerboard-context test model: name -> (bytes, expected outcome, what)."""
+    files = {}
+    for h, w, seed in [(37, 100, 2), (130, 65, 4), (200, 264, 6)]:
+        files[f"ok-context-{w}x{h}.sodec"] = (
+            api.compress(model, synthetic(h, w, seed)),
+            "ok",
+            f"synthetic {w}x{h} image (seed {seed}), checkerboard context model",
+        )
+    return files
+
+
 def outcome(data: bytes, model: api.Model) -> tuple[str, np.ndarray | None]:
     try:
         image = api.decompress(data, model)
@@ -241,12 +271,21 @@ def main(argv: list[str] | None = None) -> int:
         model_path.parent.mkdir(parents=True, exist_ok=True)
         print(f"new test model {model_path}: sha256 {make_model(model_path)}")
     model = api.load_model(model_path)
+    context_path = args.data / CONTEXT_MODEL_FILE
+    if args.new_model or not context_path.is_file():
+        if args.check:
+            print(f"no model at {context_path}", file=sys.stderr)
+            return 1
+        print(f"new test model {context_path}: sha256 {make_context_model(context_path)}")
+    context_model = api.load_model(context_path)
     out = args.data / "conformance"
     manifest: dict[str, object] = {
         "about": "Expected outcome of decoding each file with the model below (scripts/make_conformance.py).",
         "format_version": container.VERSION,
         "model": MODEL_FILE,
         "model_sha256": model.sha256,
+        "other_models": {CONTEXT_MODEL_FILE: context_model.sha256},
+        "model_of_file": "a file's own 'model' entry, where it has one, names the model it decodes with",
         "symbols_crc": "CRC-32 of the decoded integer symbols (z then y, int32 little-endian): exact everywhere",
         "reference_png": "the decoded pixels on the machine that wrote these files; a decoder must match them "
         f"within {contract.MAX_ABS_LEVELS} levels per sample and {contract.MIN_PSNR_DB:.0f} dB PSNR (sodec.contract)",
@@ -254,11 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     problems: list[str] = []
     files: dict[str, object] = manifest["files"]  # type: ignore[assignment]
-    for name, (data, expect, note) in build(model).items():
-        got, image = outcome(data, model)
+    jobs = [(name, f, model, None) for name, f in build(model).items()]
+    jobs += [(name, f, context_model, CONTEXT_MODEL_FILE) for name, f in build_context(context_model).items()]
+    for name, (data, expect, note), file_model, model_file in jobs:
+        got, image = outcome(data, file_model)
         if got != expect:
             problems.append(f"{name}: expected {expect}, got {got}")
         entry: dict[str, object] = {"expect": got, "note": note}
+        if model_file is not None:
+            entry["model"] = model_file
         if image is not None:
             h = container.parse_header(data)
             ref = f"ref/{Path(name).stem}.png"

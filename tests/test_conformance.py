@@ -24,10 +24,19 @@ FILES = MANIFEST["files"]
 
 
 @pytest.fixture(scope="module")
-def model() -> api.Model:
-    m = api.load_model(DATA / MANIFEST["model"])
-    assert m.sha256 == MANIFEST["model_sha256"]
-    return m
+def models() -> dict[str, api.Model]:
+    """Every test model of the manifest by file name (the main one and e.g. the context model)."""
+    shas = {MANIFEST["model"]: MANIFEST["model_sha256"], **MANIFEST.get("other_models", {})}
+    out = {}
+    for file, sha in shas.items():
+        out[file] = api.load_model(DATA / file)
+        assert out[file].sha256 == sha
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(models: dict[str, api.Model]) -> api.Model:
+    return models[MANIFEST["model"]]
 
 
 def test_manifest_lists_every_file() -> None:
@@ -41,9 +50,10 @@ def test_manifest_lists_every_file() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(FILES))
-def test_conformance_file(name: str, model: api.Model) -> None:
+def test_conformance_file(name: str, models: dict[str, api.Model]) -> None:
     data = (FOLDER / name).read_bytes()
     entry = FILES[name]
+    model = models[entry.get("model", MANIFEST["model"])]
     if entry["expect"] == "ok":
         # Symbols: exact. decode_latents refuses a file whose decoded symbols' CRC differs from
         # the header's; the header's must be the reference's.

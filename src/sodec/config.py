@@ -39,12 +39,19 @@ class CodecConfig:
     # variance, so brightness and saturation survive only in its direction; the small codec
     # trained that way lost whole hues (issue 11; docs/design.md).
     norm: str = "channel"
+    # Entropy model of y. "none": the mean-scale hyperprior alone (HiFiC, the paper's codec).
+    # "checkerboard": He et al. 2021's two-pass checkerboard context on top of it (as ELIC uses):
+    # anchors are coded from the hyperprior, the other half of y also from a masked 5x5
+    # convolution of the decoded anchors (VAECodec.context_model; docs/format.md).
+    context: str = "none"
 
     def __post_init__(self) -> None:
         if len(self.encoder_channels) != 5 or len(self.decoder_channels) != 5:
             raise ValueError("encoder/decoder need 5 widths (1 full-res + 4 stride-2 stages)")
         if self.norm not in ("channel", "gdn"):
             raise ValueError(f"norm {self.norm!r}: use 'channel' or 'gdn'")
+        if self.context not in ("none", "checkerboard"):
+            raise ValueError(f"context {self.context!r}: use 'none' or 'checkerboard'")
 
     @property
     def stride(self) -> int:

@@ -158,9 +158,22 @@ use_lean_packages()
 with warnings.catch_warnings(), _scipy_stats_on_demand():
     # compressai 1.2.8 calls torch.jit.script at import, which torch 2.14 flags as deprecated.
     warnings.simplefilter("ignore", FutureWarning)
+    from compressai.ans import BufferedRansEncoder, RansDecoder
     from compressai.entropy_models import EntropyBottleneck, GaussianConditional
     from compressai.layers.gdn import GDN
+    from compressai.layers.layers import CheckerboardMaskedConv2d
     from compressai.models.base import CompressionModel
     from compressai.models.utils import conv, deconv
 
-__all__ = ["GDN", "CompressionModel", "EntropyBottleneck", "GaussianConditional", "conv", "deconv", "use_lean_packages"]
+__all__ = [
+    "GDN",
+    "BufferedRansEncoder",
+    "CheckerboardMaskedConv2d",
+    "CompressionModel",
+    "EntropyBottleneck",
+    "GaussianConditional",
+    "RansDecoder",
+    "conv",
+    "deconv",
+    "use_lean_packages",
+]

@@ -39,7 +39,17 @@ from ..tiling import tiled_analysis, tiled_decode, tiled_upsample
 
 # CompressAI's entropy models and rANS coder, imported without its point-cloud/torch_geometric
 # subpackages (seconds of start-up): the same modules, so the same bitstreams. See _compressai.py.
-from ._compressai import GDN, CompressionModel, EntropyBottleneck, GaussianConditional, conv, deconv
+from ._compressai import (
+    GDN,
+    BufferedRansEncoder,
+    CheckerboardMaskedConv2d,
+    CompressionModel,
+    EntropyBottleneck,
+    GaussianConditional,
+    RansDecoder,
+    conv,
+    deconv,
+)
 
 # Encoding in tiles (VAECodec.analysis): cores of 64 latents (1024 px) computed from windows that
 # reach 4 latents (64 px) further. g_a's receptive-field radius is 34 px (3 from the 7x7 conv,
@@ -172,6 +182,46 @@ def hyper_synthesis(cfg: CodecConfig) -> nn.Sequential:
     )
 
 
+class CheckerboardContext(nn.Module):
+    """Checkerboard context model (He et al. 2021, "Checkerboard Context Model for Efficient
+    Learned Image Compression", CVPR; the spatial half of ELIC's, He et al. 2022).
+
+    y's positions with even row + column are the *anchors*: coded first, from the hyperprior
+    alone. The others are coded next, also from a masked 5x5 convolution of the decoded anchors
+    (CompressAI's ``CheckerboardMaskedConv2d``), so decoding takes two parallel passes instead of
+    an autoregressive scan. The parameter network is pointwise and predicts a residual on the
+    hyperprior's w = (scales, means); its last layer starts at zero, so a context added to a
+    trained codec starts as exactly that codec's entropy model (and is then fitted, codec frozen:
+    configs/codec-context.toml). Like h_s it runs in float64 when coding (VAECodec.coding_params).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        c2 = 2 * channels
+        self.context = CheckerboardMaskedConv2d(channels, c2, kernel_size=5, padding=2)
+        self.params = nn.Sequential(
+            nn.Conv2d(2 * c2, 3 * channels, 1),
+            nn.GELU(),
+            nn.Conv2d(3 * channels, 3 * channels, 1),
+            nn.GELU(),
+            nn.Conv2d(3 * channels, c2, 1),
+        )
+        nn.init.zeros_(self.params[-1].weight)
+        nn.init.zeros_(self.params[-1].bias)
+
+    @staticmethod
+    def anchor_mask(h: int, w: int, device: torch.device | None = None) -> Tensor:
+        """(1, 1, h, w) bool, True at the anchors ((row + col) even), which are decoded first."""
+        r, c = torch.arange(h, device=device), torch.arange(w, device=device)
+        return ((r[:, None] + c[None]) % 2 == 0)[None, None]
+
+    def forward(self, y_hat_anchors: Tensor | None, w: Tensor) -> Tensor:
+        """(scales, means) (B, 2C, h, w) from w (B, 2C, h, w) and, for the non-anchors, the
+        decoded anchors (B, C, h, w; zero elsewhere). ``None``: the anchors' parameters."""
+        ctx = torch.zeros_like(w) if y_hat_anchors is None else self.context(y_hat_anchors)
+        return w + self.params(torch.cat([ctx, w], 1))
+
+
 @dataclass
 class CodecOutput:
     """What :meth:`VAECodec.forward` returns (training and evaluation)."""
@@ -246,6 +296,7 @@ class VAECodec(CompressionModel):
         self.h_s = hyper_synthesis(cfg)
         self.entropy_bottleneck = EntropyBottleneck(cfg.hyper_latent_channels)
         self.gaussian_conditional = GaussianConditional(None)
+        self.context_model = CheckerboardContext(cfg.latent_channels) if cfg.context == "checkerboard" else None
         # The scale table lives in the checkpoint; fill it now so a fresh model can code too,
         # unless a checkpoint's tables are about to replace it (tables_from_checkpoint).
         if _FILL_TABLES:
@@ -286,6 +337,31 @@ class VAECodec(CompressionModel):
         scales, means = w.chunk(2, dim=1)
         return scales, means
 
+    def _context(self, y_hat_anchors: Tensor | None, w: Tensor) -> Tensor:
+        """The context model in float64, rounded to float32 once: encoder and decoder must agree
+        on every CDF index and mean it gives, as for h_s (module doc)."""
+        assert self.context_model is not None
+        tensors = {k: v.double() for k, v in self.context_model.state_dict(keep_vars=True).items()}
+        args = (None if y_hat_anchors is None else y_hat_anchors.double(), w.double())
+        return functional_call(self.context_model, tensors, args).float()
+
+    def entropy_params(self, y: Tensor, w: Tensor) -> Tensor:
+        """The (scales, means) (B, 2C, h, w) each element of y (B, C, h, w) is coded with.
+
+        Without a context model that is w = h_s(z_hat). With the checkerboard context
+        (:class:`CheckerboardContext`) the anchors keep their parameters from w alone and the
+        other positions get them from w and the anchors rounded as the decoder sees them
+        (straight-through in training, as :meth:`encode_latents` rounds y).
+        """
+        if self.context_model is None:
+            return w
+        anchor = CheckerboardContext.anchor_mask(*y.shape[-2:], device=y.device)  # (1, 1, h, w)
+        p_anchor = self._context(None, w)
+        means = self.split_params(p_anchor)[1]
+        y_round = torch.round(y - means) + means
+        y_hat = y + (y_round - y).detach() if self.training else y_round
+        return torch.where(anchor, p_anchor, self._context(torch.where(anchor, y_hat, 0.0), w))
+
     # -- training / evaluation -----------------------------------------------------------------
 
     def encode_latents(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -297,7 +373,7 @@ class VAECodec(CompressionModel):
         z = self.h_a(y)
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
         w = self.hyper_synthesis(z_hat)
-        scales, means = self.split_params(w)
+        scales, means = self.split_params(self.entropy_params(y, w))
         _, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
         # The decoder sees hard-rounded latents even in training (straight-through), so what it
         # learns on is what it will get from the bitstream; the rate uses the noisy proxy.
@@ -330,11 +406,32 @@ class VAECodec(CompressionModel):
         z = self.h_a(y)
         z_string = self.entropy_bottleneck.compress(z)[0]
         z_hat = self.entropy_bottleneck.decompress([z_string], z.shape[-2:])
-        scales, means = self.split_params(self.hyper_synthesis(z_hat))
+        scales, means = self.split_params(self.entropy_params(y, self.hyper_synthesis(z_hat)))
         indexes = self.gaussian_conditional.build_indexes(scales)
-        y_string = self.gaussian_conditional.compress(y, indexes, means=means)[0]
-        crc = _symbols_crc(self._z_symbols(z_hat), self.gaussian_conditional.quantize(y, "symbols", means))
+        symbols = self.gaussian_conditional.quantize(y, "symbols", means)
+        if self.context_model is None:
+            y_string = self.gaussian_conditional.compress(y, indexes, means=means)[0]
+        else:
+            # One rANS stream: all anchors first, then the rest (each in (channel, row, col)
+            # order), so the decoder can decode the anchors before it needs the others' CDFs.
+            anchor = CheckerboardContext.anchor_mask(y.size(2), y.size(3))[0, 0]
+            encoder = BufferedRansEncoder()
+            for part in (anchor, ~anchor):
+                encoder.encode_with_indexes(
+                    symbols[0][:, part].reshape(-1).tolist(), indexes[0][:, part].reshape(-1).tolist(), *self._tables()
+                )
+            y_string = encoder.flush()
+        crc = _symbols_crc(self._z_symbols(z_hat), symbols)
         return CodecStreams(y_string, z_string, crc, (y.size(2), y.size(3)))
+
+    def _tables(self) -> tuple[list, list, list]:
+        """GaussianConditional's CDF tables as the rANS coder takes them."""
+        gc = self.gaussian_conditional
+        return (
+            gc._quantized_cdf.tolist(),
+            gc._cdf_length.reshape(-1).int().tolist(),
+            gc._offset.reshape(-1).int().tolist(),
+        )
 
     def analysis(self, x: Tensor, tile: int | None = None) -> Tensor:
         """y = g_a(x) for coding, in tiles of ``tile`` latents past one tile (bounded memory).
@@ -356,11 +453,34 @@ class VAECodec(CompressionModel):
             raise ValueError("latent size must be a multiple of 4 (images padded to 64)")
         z_hat = self.entropy_bottleneck.decompress([z], (h // 4, w_ // 4))
         w = self.hyper_synthesis(z_hat)
+        if self.context_model is not None:
+            return self._decompress_checkerboard(y, w, z_hat)
         scales, means = self.split_params(w)
         indexes = self.gaussian_conditional.build_indexes(scales)
         y_hat = self.gaussian_conditional.decompress([y], indexes, means=means)
         crc = _symbols_crc(self._z_symbols(z_hat), torch.round(y_hat - means))
         return y_hat, w, crc
+
+    def _decompress_checkerboard(self, y: bytes, w: Tensor, z_hat: Tensor) -> tuple[Tensor, Tensor, int]:
+        """The two passes of :meth:`compress`'s checkerboard stream: anchors, then the rest."""
+        c, (h, w_) = self.cfg.latent_channels, w.shape[-2:]
+        anchor = CheckerboardContext.anchor_mask(h, w_)[0, 0]
+        decoder = RansDecoder()
+        decoder.set_stream(y)
+        symbols = torch.zeros(c, h, w_, dtype=torch.int32)
+
+        def decode(part: Tensor, params: Tensor) -> Tensor:
+            scales, means = self.split_params(params)
+            indexes = self.gaussian_conditional.build_indexes(scales)[0][:, part]
+            values = decoder.decode_stream(indexes.reshape(-1).tolist(), *self._tables())
+            symbols[:, part] = torch.tensor(values, dtype=torch.int32).reshape(c, -1)
+            return means
+
+        p_anchor = self._context(None, w)
+        y_hat_anchors = torch.where(anchor, symbols[None] + decode(anchor, p_anchor), 0.0)
+        params = torch.where(anchor, p_anchor, self._context(y_hat_anchors, w))
+        y_hat = symbols[None] + decode(~anchor, params)
+        return y_hat, w, _symbols_crc(self._z_symbols(z_hat), symbols)
 
     @torch.no_grad()
     def decompress(self, streams: CodecStreams, synthesize: bool = True) -> CodecDecoded:

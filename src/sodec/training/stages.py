@@ -42,6 +42,11 @@ class StageConfig:
     # "taef2": before training, D_m takes TAEF2's decoder weights where its layers match
     # (TAEDecoder.init_from; needs the weights folder). None: D_m as built or loaded.
     init_latent_decoder: str | None = None
+    # "checkerboard": give the starting model's codec that entropy context (CodecConfig.context)
+    # before training, a new module that starts as the plain hyperprior (its residual is zero),
+    # all other weights kept. Fitted with the codec frozen, the bits shrink and the decoded
+    # latents stay the same up to where they round (configs/codec-context.toml).
+    codec_context: str | None = None
     # fnmatch globs over parameter names; everything not matched is frozen (requires_grad False).
     train: tuple[str, ...] = ("*",)
     # Distortion terms and their weights (mse is on the 0..255 scale, like CompressAI's lambda).

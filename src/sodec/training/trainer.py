@@ -95,7 +95,32 @@ def build_stage_model(
         _load_codec_into(model, stage.init_codec)
     if stage.init_latent_decoder is not None:
         _init_latent_decoder(model, weights_dir)
+    if stage.codec_context is not None:
+        model = _with_codec_context(model, kind, stage.codec_context)
     return model, kind
+
+
+def _with_codec_context(model: nn.Module, kind: str, context: str) -> nn.Module:
+    """The same model with its codec's entropy context set to ``context`` (stage
+    ``codec_context``): rebuilt from the changed config, every existing weight kept; the new
+    context model starts at zero residual, i.e. as the plain hyperprior."""
+    import dataclasses
+
+    from ..models.vae_codec import tables_from_checkpoint
+
+    codec_cfg = model.cfg if kind == "codec" else model.cfg.codec  # type: ignore[union-attr]
+    if codec_cfg.context == context:
+        return model
+    if codec_cfg.context != "none":
+        raise ValueError(f"codec_context: the codec already has context {codec_cfg.context!r}")
+    new_codec = dataclasses.replace(codec_cfg, context=context)
+    cfg = new_codec if kind == "codec" else dataclasses.replace(model.cfg, codec=new_codec)  # type: ignore[arg-type]
+    with tables_from_checkpoint():  # the tables come from the old model's state
+        new = build_model(kind, cfg)
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(".context_model." not in f".{k}" for k in missing):
+        raise ValueError(f"codec_context: weights do not carry over ({unexpected[:3]}, {missing[:3]})")
+    return new
 
 
 def _init_latent_decoder(model: nn.Module, weights_dir: str | None) -> None:
