@@ -415,10 +415,10 @@ class VAECodec(CompressionModel):
             # One rANS stream: all anchors first, then the rest (each in (channel, row, col)
             # order), so the decoder can decode the anchors before it needs the others' CDFs.
             anchor = CheckerboardContext.anchor_mask(y.size(2), y.size(3))[0, 0]
-            encoder = BufferedRansEncoder()
+            encoder, tables = BufferedRansEncoder(), self._tables()
             for part in (anchor, ~anchor):
                 encoder.encode_with_indexes(
-                    symbols[0][:, part].reshape(-1).tolist(), indexes[0][:, part].reshape(-1).tolist(), *self._tables()
+                    symbols[0][:, part].reshape(-1).tolist(), indexes[0][:, part].reshape(-1).tolist(), *tables
                 )
             y_string = encoder.flush()
         crc = _symbols_crc(self._z_symbols(z_hat), symbols)
@@ -468,11 +468,12 @@ class VAECodec(CompressionModel):
         decoder = RansDecoder()
         decoder.set_stream(y)
         symbols = torch.zeros(c, h, w_, dtype=torch.int32)
+        tables = self._tables()
 
         def decode(part: Tensor, params: Tensor) -> Tensor:
             scales, means = self.split_params(params)
             indexes = self.gaussian_conditional.build_indexes(scales)[0][:, part]
-            values = decoder.decode_stream(indexes.reshape(-1).tolist(), *self._tables())
+            values = decoder.decode_stream(indexes.reshape(-1).tolist(), *tables)
             symbols[:, part] = torch.tensor(values, dtype=torch.int32).reshape(c, -1)
             return means
 
