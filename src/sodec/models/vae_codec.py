@@ -192,7 +192,7 @@ class CheckerboardContext(nn.Module):
     an autoregressive scan. The parameter network is pointwise and predicts a residual on the
     hyperprior's w = (scales, means); its last layer starts at zero, so a context added to a
     trained codec starts as exactly that codec's entropy model (and is then fitted, codec frozen:
-    configs/codec-context.toml). Like h_s it runs in float64 when coding (VAECodec.coding_params).
+    configs/codec-context.toml). Like h_s it runs in float64 (VAECodec._context).
     """
 
     def __init__(self, channels: int) -> None:
