@@ -696,6 +696,29 @@ def test_crop_sampler_is_a_function_of_seed_step_rank(data_dir):
     assert not torch.equal(CropSampler(files, 64, seed=4).batch(5, 4, rank=1), b)
 
 
+def test_flat_regions_paint_a_share_of_crops_and_leave_the_rest_unchanged(data_dir):
+    files = list_images(data_dir)
+    plain = CropSampler(files, 64, seed=3)
+    flat = CropSampler(files, 64, seed=3, flat_fraction=0.5)
+    painted = 0
+    for step in range(8):
+        a, b = plain.batch(step, 4), flat.batch(step, 4)
+        assert torch.equal(flat.batch(step, 4), b)  # still a function of (seed, step, rank)
+        for x, y in zip(a, b, strict=True):
+            if torch.equal(x, y):
+                continue  # an unpainted crop is exactly the crop drawn without flat regions
+            painted += 1
+            changed = (x != y).any(0)  # (64, 64)
+            # The region reaches the border and is smooth: slopes of <= 24 levels along each axis.
+            assert changed[0].any() or changed[-1].any()
+            region = y[:, changed]
+            assert float(region.amax(1).sub(region.amin(1)).max()) <= 49 / 255
+    assert 8 <= painted <= 24  # about half of 32 crops
+    assert CropSampler(files, 64, seed=3, flat_fraction=0.0).batch(2, 4).equal(plain.batch(2, 4))
+    with pytest.raises(ValueError, match="flat_fraction"):
+        CropSampler(files, 64, seed=3, flat_fraction=1.5)
+
+
 @pytest.mark.parametrize(("h", "w"), [(40, 48), (40, 100), (100, 30)])
 def test_images_smaller_than_the_crop_are_padded_not_resized(tmp_path, h, w):
     img = random_image(h, w, seed=11)

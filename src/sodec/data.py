@@ -46,18 +46,49 @@ def load_rgb(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
+def paint_flat_region(patch: np.ndarray, g: np.random.Generator) -> np.ndarray:
+    """Paint a flat (or gently sloped) colour over part or all of a (H, W, 3) uint8 crop.
+
+    Photos hold few large flat saturated areas, and fewer still that meet the image border, so a
+    codec trained on photos alone renders them with texture, blotches and a dark frame (issue 11's
+    flat-patch and border checks). The region is, with equal chance, the whole crop or a rectangle
+    touching one or two of the crop's borders; its colour is uniform over RGB (saturated colours
+    included) plus a linear slope of at most 24 levels across the crop along each axis, like a sky or a wall.
+    """
+    h, w = patch.shape[:2]
+    out = patch.copy()
+    colour = g.uniform(0, 255, size=3)
+    slope = g.uniform(-24, 24, size=(2, 3))  # levels across the whole crop, per axis and channel
+    yy = np.linspace(-0.5, 0.5, h)[:, None, None]
+    xx = np.linspace(-0.5, 0.5, w)[None, :, None]
+    fill = np.clip(colour + yy * slope[0] + xx * slope[1], 0, 255).round().astype(np.uint8)  # (H, W, 3)
+    if g.random() < 0.5:
+        return fill
+    # A rectangle from one corner or edge inward: it always reaches the border.
+    rh, rw = int(g.integers(h // 4, h + 1)), int(g.integers(w // 4, w + 1))
+    top = 0 if g.random() < 0.5 else h - rh
+    left = 0 if g.random() < 0.5 else w - rw
+    out[top : top + rh, left : left + rw] = fill[top : top + rh, left : left + rw]
+    return out
+
+
 class CropSampler:
     """Draws batches of random crops with random horizontal flips.
 
-    Images smaller than the crop are padded by edge replication (never resized).
+    Images smaller than the crop are padded by edge replication (never resized). With
+    ``flat_fraction`` > 0 that share of crops gets a flat colour region (:func:`paint_flat_region`),
+    drawn from a generator of its own so the photo crops are the same as with 0.
     """
 
-    def __init__(self, files: Sequence[Path], crop: int, seed: int) -> None:
+    def __init__(self, files: Sequence[Path], crop: int, seed: int, flat_fraction: float = 0.0) -> None:
         if not files:
             raise ValueError("no training images")
+        if not 0.0 <= flat_fraction <= 1.0:
+            raise ValueError(f"flat_fraction is in [0, 1], got {flat_fraction}")
         self.files = list(files)
         self.crop = crop
         self.seed = seed
+        self.flat_fraction = flat_fraction
         self._cache: dict[int, np.ndarray] = {}
 
     def _image(self, i: int) -> np.ndarray:
@@ -79,4 +110,9 @@ class CropSampler:
             left = int(g.integers(w - self.crop + 1))
             patch = img[top : top + self.crop, left : left + self.crop]
             out[b] = patch[:, ::-1] if g.random() < 0.5 else patch
+        if self.flat_fraction > 0:
+            gf = np.random.default_rng([self.seed, step, rank, 1])
+            for b in range(batch_size):
+                if gf.random() < self.flat_fraction:
+                    out[b] = paint_flat_region(out[b], gf)
         return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)

@@ -78,6 +78,9 @@ class StageConfig:
     # More image folders trained on beside ``data`` (the held-out split is drawn over all of them).
     extra_data: tuple[str, ...] = ()
     holdout: float = 0.05
+    # Share of training crops given a flat colour region that reaches the crop border
+    # (data.paint_flat_region): photos hold too few flat saturated areas (issue 11's flat check).
+    flat_fraction: float = 0.0
     val_images: int = 4
     validate_every: int = 500
     checkpoint_every: int = 250
@@ -132,6 +135,8 @@ class StageConfig:
             raise ValueError(f"stage {self.name!r}: amp is none|bf16, max_seconds >= 0")
         if self.init_latent_decoder not in (None, "taef2"):
             raise ValueError(f"stage {self.name!r}: init_latent_decoder is 'taef2' or absent")
+        if not 0.0 <= self.flat_fraction <= 1.0:
+            raise ValueError(f"stage {self.name!r}: flat_fraction is in [0, 1]")
         if self.steps < 1 or self.batch_size < 1 or self.crop < 64 or self.crop % 64:
             raise ValueError(f"stage {self.name!r}: steps, batch_size >= 1 and crop a multiple of 64")
 

@@ -304,7 +304,7 @@ class Trainer:
                 self.disc = nn.parallel.DistributedDataParallel(self.disc, broadcast_buffers=False)
         files = list_images(stage.data) + [f for d in stage.extra_data for f in list_images(d)]
         train_files, held = split_holdout(files, stage.holdout, stage.seed)
-        self.sampler = CropSampler(train_files, stage.crop, stage.seed)
+        self.sampler = CropSampler(train_files, stage.crop, stage.seed, stage.flat_fraction)
         # Validation codes real files, which says nothing while only the VAE trains.
         self.val_files = held[: stage.val_images] if stage.objective != "vae" else []
         self.rate_images: list[torch.Tensor] = []
