@@ -191,6 +191,8 @@ def test_stage_rejects_unknown_amp_and_bad_combinations():
         _stage(preset="sodec:tiny-tae", objective="decoder", losses={"latent": 1.0})
     with pytest.raises(ValueError, match="cannot use"):
         _stage(preset="codec:tiny", objective="codec", losses={"distill": 1.0})
+    with pytest.raises(ValueError, match="flat_fraction"):
+        _stage(preset="codec:tiny", flat_fraction=-0.1)
 
 
 @needs_taef2

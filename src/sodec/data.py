@@ -50,10 +50,13 @@ def paint_flat_region(patch: np.ndarray, g: np.random.Generator) -> np.ndarray:
     """Paint a flat (or gently sloped) colour over part or all of a (H, W, 3) uint8 crop.
 
     Photos hold few large flat saturated areas, and fewer still that meet the image border, so a
-    codec trained on photos alone renders them with texture, blotches and a dark frame (issue 11's
-    flat-patch and border checks). The region is, with equal chance, the whole crop or a rectangle
-    touching one or two of the crop's borders; its colour is uniform over RGB (saturated colours
-    included) plus a linear slope of at most 24 levels across the crop along each axis, like a sky or a wall.
+    codec trained on photos alone renders them with texture, blotches and a dark frame, and it
+    smears the thin frame a film scan has along its edges (most Kodak images have one, 1-3 px,
+    70-150 levels off the picture next to it): issue 11's flat-patch and border-ring checks.
+    With equal chance the region is the whole crop, a block from a corner or edge inward, or a
+    frame: strips 1-4 px wide along one or more of the crop's edges. Its colour is uniform over
+    RGB (saturated colours included) plus a linear slope of at most 24 levels across the crop
+    along each axis, like a sky or a wall.
     """
     h, w = patch.shape[:2]
     out = patch.copy()
@@ -62,13 +65,31 @@ def paint_flat_region(patch: np.ndarray, g: np.random.Generator) -> np.ndarray:
     yy = np.linspace(-0.5, 0.5, h)[:, None, None]
     xx = np.linspace(-0.5, 0.5, w)[None, :, None]
     fill = np.clip(colour + yy * slope[0] + xx * slope[1], 0, 255).round().astype(np.uint8)  # (H, W, 3)
-    if g.random() < 0.5:
+    kind = g.random()
+    if kind < 1 / 3:
         return fill
-    # A rectangle from one corner or edge inward: it always reaches the border.
-    rh, rw = int(g.integers(h // 4, h + 1)), int(g.integers(w // 4, w + 1))
-    top = 0 if g.random() < 0.5 else h - rh
-    left = 0 if g.random() < 0.5 else w - rw
-    out[top : top + rh, left : left + rw] = fill[top : top + rh, left : left + rw]
+    mask = np.zeros((h, w), bool)
+    if kind < 2 / 3:
+        # A block from one corner or edge inward: it always reaches the border.
+        rh, rw = int(g.integers(h // 4, h + 1)), int(g.integers(w // 4, w + 1))
+        top = 0 if g.random() < 0.5 else h - rh
+        left = 0 if g.random() < 0.5 else w - rw
+        mask[top : top + rh, left : left + rw] = True
+    else:
+        sides = g.random(4) < 0.5
+        sides[int(g.integers(4))] = True  # at least one edge
+        for side, on in zip(("top", "bottom", "left", "right"), sides, strict=True):
+            if on:
+                t = int(g.integers(1, 5))
+                if side == "top":
+                    mask[:t] = True
+                elif side == "bottom":
+                    mask[-t:] = True
+                elif side == "left":
+                    mask[:, :t] = True
+                else:
+                    mask[:, -t:] = True
+    out[mask] = fill[mask]
     return out
 
 
@@ -76,7 +97,7 @@ class CropSampler:
     """Draws batches of random crops with random horizontal flips.
 
     Images smaller than the crop are padded by edge replication (never resized). With
-    ``flat_fraction`` > 0 that share of crops gets a flat colour region (:func:`paint_flat_region`),
+    ``flat_fraction`` > 0 that share of crops gets a flat colour region or frame (:func:`paint_flat_region`),
     drawn from a generator of its own so the photo crops are the same as with 0.
     """
 
