@@ -294,6 +294,39 @@ def test_perceptual_loss_trains_and_stays_out_of_the_checkpoint(tmp_path, data_d
     assert not [k for k in state if "lpips" in k or k.startswith(("perceptual", "nets."))]
 
 
+def test_flat_crops_are_told_from_photo_crops(data_dir):
+    from sodec.data import paint_flat_region
+    from sodec.losses import flat_crops
+
+    g = np.random.default_rng(0)
+    painted = np.stack([paint_flat_region(np.zeros((192, 192, 3), np.uint8), g) for _ in range(30)])
+    x = torch.from_numpy(painted).permute(0, 3, 1, 2).float() / 255
+    whole = ~(x == 0).all(1).flatten(1).any(1)  # a whole-crop fill leaves no black pixel
+    assert int(whole.sum()) >= 5 and bool(flat_crops(x[whole]).all())
+    photos = CropSampler(list_images(data_dir), 192, seed=1).batch(0, 8)
+    assert not bool(flat_crops(photos).any())
+
+
+@pytest.mark.needs_weights
+def test_perceptual_terms_leave_flat_crops_out(data_dir):
+    from sodec.losses import PerceptualLosses
+
+    weights = shared_weights_dir()
+    if weights is None:
+        pytest.skip("LPIPS/DISTS weights absent (SODEC_WEIGHTS_DIR or ../shared/weights)")
+    perc = PerceptualLosses(["lpips_alex", "dists"], str(weights))
+    photos = CropSampler(list_images(data_dir), 64, seed=1).batch(0, 2)
+    flat = torch.full((1, 3, 64, 64), 0.4)
+    x = torch.cat([photos, flat])
+    x_hat = (x + 0.02 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    x_hat.requires_grad_(True)
+    for name in ("lpips_alex", "dists"):
+        both = perc(name, x_hat, x)
+        assert torch.allclose(both, perc(name, x_hat[:2], x[:2]), atol=1e-6), name
+        alone = perc(name, x_hat[2:], x[2:])
+        assert float(alone) == 0.0 and alone.requires_grad
+
+
 def test_a_perceptual_loss_without_weights_is_dropped_with_a_warning(tmp_path, data_dir):
     stage = stage_from_toml(
         tmp_path, data_dir, CODEC_ONLY.replace("mse = 1.0", "mse = 1.0, lpips_alex = 10.0"), steps=1
