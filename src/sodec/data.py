@@ -78,17 +78,10 @@ def paint_flat_region(patch: np.ndarray, g: np.random.Generator) -> np.ndarray:
     else:
         sides = g.random(4) < 0.5
         sides[int(g.integers(4))] = True  # at least one edge
-        for side, on in zip(("top", "bottom", "left", "right"), sides, strict=True):
+        strips = (lambda t: np.s_[:t], lambda t: np.s_[-t:], lambda t: np.s_[:, :t], lambda t: np.s_[:, -t:])
+        for on, strip in zip(sides, strips, strict=True):  # top, bottom, left, right
             if on:
-                t = int(g.integers(1, 5))
-                if side == "top":
-                    mask[:t] = True
-                elif side == "bottom":
-                    mask[-t:] = True
-                elif side == "left":
-                    mask[:, :t] = True
-                else:
-                    mask[:, -t:] = True
+                mask[strip(int(g.integers(1, 5)))] = True
     out[mask] = fill[mask]
     return out
 

@@ -78,8 +78,8 @@ class StageConfig:
     # More image folders trained on beside ``data`` (the held-out split is drawn over all of them).
     extra_data: tuple[str, ...] = ()
     holdout: float = 0.05
-    # Share of training crops given a flat colour region that reaches the crop border
-    # (data.paint_flat_region): photos hold too few flat saturated areas (issue 11's flat check).
+    # Share of training crops given a flat colour fill, block or thin frame reaching the crop
+    # border (data.paint_flat_region): photos hold too few flat saturated areas and frames.
     flat_fraction: float = 0.0
     val_images: int = 4
     validate_every: int = 500
