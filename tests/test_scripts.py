@@ -112,3 +112,12 @@ def test_quality_checks_grid_peak_finds_a_periodic_error():
     grid = noise + 6 * (np.arange(128) % 8 == 0)[None, :, None]
     assert mod.grid_peak(orig, noise) <= 4.0
     assert mod.grid_peak(orig, grid) > 4.0
+
+
+def test_border_profile_measures_distance_to_the_nearest_edge():
+    mod = _load("benchmarks/border_profile.py")
+    d = mod.edge_distance(5, 8)
+    assert d.shape == (5, 8)
+    assert d[0].tolist() == [0] * 8 and d[:, 0].tolist() == [0] * 5 and d[:, -1].tolist() == [0] * 5
+    assert d[2].tolist() == [0, 1, 2, 2, 2, 2, 1, 0]
+    assert int(d.max()) == 2
