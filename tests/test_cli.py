@@ -73,7 +73,10 @@ def test_compress_decompress_info(tmp_path, png, model_path, capsys):
     info = capsys.readouterr().out
     assert '"width": 70' in info and f'"file_bytes": {out.stat().st_size}' in info
     assert main(["info", str(out)]) == 0
-    assert "bpp" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "bpp" in text
+    # Plain words, not Python reprs: "padded_to 128x64", "streams z 24, y 96, ..."
+    assert "128x64" in text and not any(c in text for c in "{}[]'"), text
 
 
 def test_quiet_prints_nothing_and_the_single_dash_spelling_is_gone(tmp_path, png, model_path, capsys):
@@ -172,6 +175,34 @@ def test_unwritable_output_folder_is_refused(tmp_path, png, model_path, capsys, 
         assert "permission denied" in _one_error_line(capsys.readouterr().err)
     finally:
         ro.chmod(0o700)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc (a folder no one can create files in)")
+def test_an_output_folder_that_takes_no_files_is_refused_before_work(tmp_path, png, model_path, capsys, no_model_load):
+    # access() says "writable" to root, and /proc takes no new files even from root: the output
+    # is checked by creating its temp file, before the image is read or a model loaded.
+    assert main(["compress", str(png), "-o", "/proc/x.sodec", "--model", model_path]) == UsageError.exit_code
+    assert "cannot write to /proc" in _one_error_line(capsys.readouterr().err)
+    sod = tmp_path / "x.sodec"
+    sod.write_bytes(b"SODEC")  # never read: the output is refused first
+    assert main(["decompress", str(sod), "-o", "/proc/y.png"]) == UsageError.exit_code
+    assert "cannot write to /proc" in _one_error_line(capsys.readouterr().err)
+
+
+def test_compress_refuses_an_image_name_for_its_output(tmp_path, png, model_path, capsys, no_model_load):
+    for name in ("x.jpg", "x.PNG", "x.webp"):
+        assert main(["compress", str(png), "-o", str(tmp_path / name), "--model", model_path]) == UsageError.exit_code
+        assert "writes a .sodec file" in _one_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
+def test_an_error_names_the_file_even_when_there_is_one(tmp_path, png, model_path, capsys):
+    s = tmp_path / "a.sodec"
+    assert main(["compress", str(png), "-o", str(s), "--model", model_path, "-q"]) == 0
+    cut = tmp_path / "cut.sodec"
+    cut.write_bytes(s.read_bytes()[:30])
+    assert main(["decompress", str(cut), "-o", str(tmp_path / "c.png")]) == TruncatedError.exit_code
+    assert _one_error_line(capsys.readouterr().err).startswith(f"sodec: error: {cut}: ")
 
 
 def test_compress_max_pixels(tmp_path, png, model_path):

@@ -12,6 +12,7 @@ import re
 import struct
 import subprocess
 import sys
+import warnings
 import zlib
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageOps
 
-from sodec.errors import UnsupportedInputError
+from sodec.errors import LimitsError, UnsupportedInputError
 from sodec.image_io import _jxl_bits_per_sample, read_image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -452,3 +453,19 @@ def test_path_and_bytes_read_alike(tmp_path: Path) -> None:
     by_path, by_bytes = read_image(p), read_image(p.read_bytes(), name="a.png")
     np.testing.assert_array_equal(by_path[0], by_bytes[0])
     assert by_path[1] == by_bytes[1] == ["L: grayscale coded as RGB"]
+
+
+def test_max_pixels_is_the_limit_not_pillows(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pillow's own decompression-bomb limit (89.5 MP by default) would refuse images the CLI's
+    # --max-pixels allows; read_image applies max_pixels from the header, before decoding.
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (30, 160, 60)).save(buf, format="PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # as if the image were over Pillow's limit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning on stderr either
+        pixels, _ = read_image(buf.getvalue(), max_pixels=None)
+        assert pixels.shape == (30, 40, 3)
+        assert read_image(buf.getvalue(), max_pixels=1200)[0].shape == (30, 40, 3)
+    assert Image.MAX_IMAGE_PIXELS == 100  # Pillow's setting is the caller's again afterwards
+    with pytest.raises(LimitsError, match=r"40x30 is over the limit of 1199 pixels \(--max-pixels 0 lifts it\)"):
+        read_image(buf.getvalue(), name="a.png", max_pixels=1199)

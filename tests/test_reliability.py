@@ -139,7 +139,7 @@ def test_huge_header_is_refused_before_any_model_or_tensor(
     assert main(["decompress", str(path), "-o", str(tmp_path / "x.png")]) == errors.LimitsError.exit_code
     assert main(["info", str(path)]) == errors.LimitsError.exit_code
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 2 and all(line.startswith("sodec: error: image of 1000000x1000000") for line in err)
+    assert len(err) == 2 and all(line.startswith(f"sodec: error: {path}: image of 1000000x1000000") for line in err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.sodec"]
 
 

@@ -19,7 +19,9 @@ import io
 import json
 import os
 import sys
+import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,11 +34,14 @@ from .errors import LimitsError, OutputExistsError, SodecError, UsageError, out_
 
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in sodec, not bad input
 IMAGE_SUFFIXES = {".png": "PNG", ".ppm": "PPM", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+# Names that say "image": compress writes a .sodec file, which no viewer opens under such a name.
+IMAGE_NAMES = {*IMAGE_SUFFIXES, ".jpg", ".jpeg", ".webp", ".avif", ".jxl", ".gif", ".heic", ".pgm", ".pnm"}
 
 EXIT_CODES = """\
 exit codes: 0 ok; 2 usage (bad option, missing input, missing output folder); 3 not a .sodec
 file; 4 truncated; 5 corrupted; 6 wrong or missing model; 7 over --max-pixels or out of
-memory; 8 unreadable input image; 9 bad weights; 10 output exists (use -f); 130 interrupted.
+memory; 8 unreadable input image; 9 bad weights; 10 output exists (use -f); 1 the output
+could not be written (disk full, folder gone meanwhile); 130 interrupted.
 With several files, each failure is reported on its own line and the rest are still coded;
 the exit code is then that of the first failure."""
 
@@ -140,6 +145,14 @@ def _check_job(job: Job, force: bool) -> None:
         raise UsageError(f"cannot write to {parent}: permission denied")
     if out.is_dir():
         raise UsageError(f"output {dst} is a folder")
+    # access() says yes to root everywhere and knows nothing of /proc or read-only mounts: make
+    # (and remove) the temp file the output will be written through, before any coding work.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise UsageError(f"cannot write to {parent}: {e.strerror or e}") from None
+    os.close(fd)
+    os.unlink(probe)
     if not force and os.path.lexists(out):
         raise OutputExistsError(f"{dst} exists; -f/--force replaces it")
 
@@ -223,8 +236,9 @@ class Batch:
         self.failed += 1
         self.first_error = self.first_error or e
         msg = str(e)
-        if len(self.jobs) > 1 and job.src not in msg:  # which of several files
-            msg = f"{job.src}: {msg}"
+        name = "stdin" if job.src == "-" else job.src
+        if name not in msg:  # which file, even when there is one
+            msg = f"{name}: {msg}"
         # Errors print even with -q (like every other error of the CLI).
         if self.bar is not None:
             self.bar.write(f"sodec: error: {msg}", file=sys.stderr)
@@ -332,9 +346,14 @@ def _probe_size(raw: bytes) -> tuple[int, int] | None:
     """(W, H) from an image's header without decoding it; None when Pillow cannot tell."""
     from PIL import Image
 
+    from .image_io import pillow_limit_lifted
+
     try:
-        with Image.open(io.BytesIO(raw)) as im:
-            return im.size
+        # Pillow's own pixel limit lifted (and its warning silenced): --max-pixels is the limit.
+        with warnings.catch_warnings(), pillow_limit_lifted():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(raw)) as im:
+                return im.size
     except Exception:  # unreadable: read_image says why, in its own words
         return None
 
@@ -347,6 +366,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
     limit = _limit(args)
     check_model_option(args.model, args.quality)
     jobs = plan(args.inputs, args.output, lambda s: str(Path(s).with_suffix(".sodec")), args.force)
+    for job in jobs:
+        suffix = "" if job.dst == "-" else Path(job.dst).suffix.lower()
+        if job.error is None and suffix in IMAGE_NAMES:
+            err = UsageError(f"output {job.dst}: compress writes a .sodec file, not an image; name it .sodec")
+            if len(jobs) == 1:
+                raise err
+            job.error = err
     batch = Batch(args, jobs)
     model = None
 
@@ -357,7 +383,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         size = _probe_size(raw)
         if size is not None:  # refuse a huge image before decoding it or loading a model
             fileinfo.check_size(*size, limit)
-        image, notes = read_image(raw, name=name)
+        image, notes = read_image(raw, name=name, max_pixels=limit)
         for n in notes:
             batch.say(f"note: {name}: {n}")
         h, w = image.shape[:2]
@@ -433,15 +459,32 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     return batch.finish(t0)
 
 
+def _info_value(v: Any) -> str:
+    """A value of ``sodec info`` as text: 0.12345, 768x512 for a size, "z 1612, y 2560" for a dict."""
+    if isinstance(v, float):
+        return f"{v:.5f}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_info_value(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return "x".join(map(str, v)) if len(v) == 2 and all(isinstance(x, int) for x in v) else ", ".join(map(str, v))
+    return str(v)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .fileinfo import info
 
-    meta = info(_read_input(args.input), max_pixels=_limit(args))
+    try:
+        meta = info(_read_input(args.input), max_pixels=_limit(args))
+    except SodecError as e:  # name the file, as compress and decompress do
+        name = "stdin" if args.input == "-" else args.input
+        if name in str(e):
+            raise
+        raise type(e)(f"{name}: {e}") from None
     if args.json:
         print(json.dumps(meta, indent=2))
     else:
         for k, v in meta.items():
-            print(f"{k:16s} {v:.5f}" if isinstance(v, float) else f"{k:16s} {v}")
+            print(f"{k:16s} {_info_value(v)}")
     return 0
 
 

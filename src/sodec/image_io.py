@@ -20,15 +20,19 @@ Importing this module must not import torch: the CLI reads the input before load
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .container import DEFAULT_MAX_PIXELS
 from .errors import LimitsError, UnsupportedInputError
 from .fileio import atomic_write_via
 
@@ -72,8 +76,28 @@ _ORIENTATION = {
 _FLOAT_SLACK = 0.5 / 255.0
 
 
+# Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS, 89.5 MP, an error at twice that)
+# is a process-wide setting: sodec applies its own limit (max_pixels, the CLI's --max-pixels)
+# instead, so Pillow's is lifted while sodec opens a file, under a lock because it is global.
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def pillow_limit_lifted() -> Iterator[None]:
+    """Pillow's decompression-bomb check off inside the block (the caller checks the size)."""
+    with _PILLOW_LIMIT_LOCK:
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+
+
 def read_image(
-    source: str | os.PathLike[str] | bytes | bytearray | memoryview, name: str | None = None
+    source: str | os.PathLike[str] | bytes | bytearray | memoryview,
+    name: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> tuple[np.ndarray, list[str]]:
     """Read an image file as viewers show it.
 
@@ -81,6 +105,9 @@ def read_image(
         source: a path, or the file's bytes (what the CLI passes after reading a path or stdin).
         name: how errors name the file (e.g. the path the user typed, or ``"stdin"``); defaults
             to the path, or ``"the image"`` for bytes.
+        max_pixels: refuse an image of more pixels (width x height, read from its header before
+            any pixel is decoded); None = no limit. The default is the CLI's ``--max-pixels``
+            default; Pillow's own, smaller limit does not apply.
 
     Returns:
         ``(pixels, notes)``: pixels ``(H, W, 3)`` uint8 sRGB, in display orientation; notes, one
@@ -92,7 +119,7 @@ def read_image(
             "not an image (unknown format)", "truncated PNG data" or "damaged PNG data (...)"
             (with the format found), or the image cannot be coded faithfully (transparency,
             float samples outside [0, 1], signed samples).
-        LimitsError: more pixels than Pillow's decompression-bomb limit.
+        LimitsError: more pixels than ``max_pixels``, or not enough memory to decode it.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
@@ -108,18 +135,22 @@ def read_image(
     if not data:
         raise UnsupportedInputError(f"cannot read {name}: empty file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with warnings.catch_warnings(), pillow_limit_lifted():
             # Pillow warns about damaged metadata (corrupt EXIF, a bad profile) on stderr; what
             # matters of it reaches the user as a note or an error instead.
             warnings.simplefilter("ignore", UserWarning)
             if _is_jxl(data):
                 import pillow_jxl  # noqa: F401  (registers the JXL plugin; only needed here)
             im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if max_pixels is not None and w * h > max_pixels:  # before a pixel is decoded
+                raise LimitsError(
+                    f"cannot read {name}: {w}x{h} is over the limit of {max_pixels} pixels (--max-pixels 0 lifts it)"
+                )
             im.load()
             return _Reader(im, data, name).rgb()  # inside: frame counts and conversions read the file too
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as e:
-        raise LimitsError(f"cannot read {name}: image too large: {e}") from None
+    except MemoryError:
+        raise LimitsError(f"cannot read {name}: image too large: not enough memory to decode it") from None
     except _DECODE_ERRORS as e:
         raise UnsupportedInputError(f"cannot read {name}: {_why_unreadable(data, e)}") from None
 

@@ -313,7 +313,7 @@ class Trainer:
                 img = load_rgb(f)
                 h, w = img.shape[0] // 64 * 64, img.shape[1] // 64 * 64  # whole, no padding
                 if h and w:
-                    t = torch.from_numpy(np.ascontiguousarray(img[:h, :w])).permute(2, 0, 1)[None]
+                    t = torch.from_numpy(np.array(img[:h, :w])).permute(2, 0, 1)[None]  # a writable copy
                     self.rate_images.append(t.float().div(255).to(self.device))  # (1, 3, h, w)
             if not self.rate_images:
                 raise ValueError(f"stage {stage.name!r}: no held-out image of 64 px or more to measure the rate on")
