@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from pathlib import Path
 from unittest import mock
 
@@ -92,7 +93,11 @@ def lpips_model(net: str = "alex", explicit_dir: str | os.PathLike[str] | None =
     feats = backbone_state(net, explicit_dir)
     # pnet_rand=True: build the backbone without asking torchvision to download it; the linear
     # layers (pretrained=True) ship inside the lpips package.
-    model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+    with warnings.catch_warnings():
+        # lpips passes torchvision's deprecated ``pretrained`` flag: a warning that says nothing
+        # to a user (training and evaluation both build these nets).
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
     _load_by_index(model.net, feats, [f"slice{i}" for i in range(1, 6)])
     model.eval().requires_grad_(False)
     return model
