@@ -121,3 +121,19 @@ def test_border_profile_measures_distance_to_the_nearest_edge():
     assert d[0].tolist() == [0] * 8 and d[:, 0].tolist() == [0] * 5 and d[:, -1].tolist() == [0] * 5
     assert d[2].tolist() == [0, 1, 2, 2, 2, 2, 1, 0]
     assert int(d.max()) == 2
+
+
+def test_fgm_effect_decodes_with_each_condition(tmp_path, capsys):
+    """benchmarks/fgm_effect.py on the shipped default model: one table row per image, figures
+    that are numbers; a plain codec has no guidance to probe."""
+    mod = _load("benchmarks/fgm_effect.py")
+    rng = np.random.default_rng(2)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    assert mod.main(["--images", "2", "--crop", "64", "--data", str(tmp_path)]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| 0.png") or ln.startswith("| 1.png")]
+    assert len(rows) == 2
+    cells = rows[0].strip("|").split("|")
+    assert all(float(c.replace("lv", "")) >= 0 for c in cells[1:])
+    with pytest.raises(SystemExit, match="no guidance"):
+        mod.main(["--model", MODEL, "--data", str(tmp_path)])
