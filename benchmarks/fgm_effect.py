@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def rel(a, b) -> float:  # noqa: ANN001  (tensors)
+def rel(a, b) -> float:
     return float((a - b).norm() / a.norm().clamp_min(1e-12))
 
 
@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     outs: dict[tuple[str, str], torch.Tensor] = {}
     tag = {"now": ""}
 
-    def hook(name: str):  # noqa: ANN202
-        def record(mod, inp, out):  # noqa: ANN001, ANN202
+    def hook(name: str):
+        def record(mod, inp, out):
             outs[(tag["now"], name)] = out.detach()
 
         return record
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         if name.endswith("attn2"):
             mod.register_forward_hook(hook(name))
 
-    def latents(f: Path):  # noqa: ANN202
+    def latents(f: Path):
         img = read_image(f)[0]
         h, w = img.shape[:2]
         top, left = (h - a.crop) // 2 // 64 * 64, (w - a.crop) // 2 // 64 * 64
@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
     print(f"{a.model}, {len(files)} Kodak centre crops of {a.crop} px; attn2 figures: mean over {len(layers)} layers")
-    print("| image | c_g vs next image's | attn2: guided vs null | guided vs other c_g | spatial variation | pixels: guided vs null | vs other c_g |")
+    print(
+        "| image | c_g vs next image's | attn2: guided vs null | guided vs other c_g | spatial variation | pixels: guided vs null | vs other c_g |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]:.2f} | {r[2]:.2f} | {r[3]:.2f} | {r[4]:.3f} | {r[5]:.2f} lv | {r[6]:.2f} lv |")
