@@ -206,6 +206,16 @@ def plan(inputs: list[str], output: str | None, default: Callable[[str], str], f
     return jobs
 
 
+def _refuse_outputs(jobs: list[Job], bad: Callable[[str], bool], why: str) -> None:
+    """Fail each job whose output name ``bad`` rejects ("output DST: why"); with one job, raise."""
+    for job in jobs:
+        if job.error is None and bad(job.dst):
+            err = UsageError(f"output {job.dst}: {why}")
+            if len(jobs) == 1:
+                raise err
+            job.error = err
+
+
 # -- running many files ------------------------------------------------------------------------
 
 
@@ -366,13 +376,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
     limit = _limit(args)
     check_model_option(args.model, args.quality)
     jobs = plan(args.inputs, args.output, lambda s: str(Path(s).with_suffix(".sodec")), args.force)
-    for job in jobs:
-        suffix = "" if job.dst == "-" else Path(job.dst).suffix.lower()
-        if job.error is None and suffix in IMAGE_NAMES:
-            err = UsageError(f"output {job.dst}: compress writes a .sodec file, not an image; name it .sodec")
-            if len(jobs) == 1:
-                raise err
-            job.error = err
+    _refuse_outputs(
+        jobs,
+        lambda dst: dst != "-" and Path(dst).suffix.lower() in IMAGE_NAMES,
+        "compress writes a .sodec file, not an image; name it .sodec",
+    )
     batch = Batch(args, jobs)
     model = None
 
@@ -417,13 +425,11 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     if args.model:
         check_model_option(args.model, None)
     jobs = plan(args.inputs, args.output, lambda s: s + ".png", args.force)
-    for job in jobs:
-        suffix = ".png" if job.dst == "-" else Path(job.dst).suffix.lower()
-        if job.error is None and suffix not in IMAGE_SUFFIXES:
-            err = UsageError(f"output {job.dst}: write .png, .ppm, .bmp or .tif (lossless)")
-            if len(jobs) == 1:
-                raise err
-            job.error = err
+    _refuse_outputs(
+        jobs,
+        lambda dst: dst != "-" and Path(dst).suffix.lower() not in IMAGE_SUFFIXES,
+        "write .png, .ppm, .bmp or .tif (lossless)",
+    )
     batch = Batch(args, jobs)
     models: dict[str, Any] = {}  # model id -> loaded model: each loads once per call
 
