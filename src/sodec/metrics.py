@@ -264,12 +264,10 @@ class MetricSuite:
             if name not in builders:
                 continue
             try:
-                with warnings.catch_warnings():
-                    # lpips passes torchvision's deprecated ``pretrained`` flag; harmless here.
-                    warnings.simplefilter("ignore", UserWarning)
-                    # channels_last: oneDNN's fastest convolution layout on CPU (about 17 % off a
-                    # VGG16 pass at 768x512); inputs follow in _features.
-                    self.nets[name] = builders[name]().to(self.device, memory_format=torch.channels_last)
+                # channels_last: oneDNN's fastest convolution layout on CPU (about 17 % off a
+                # VGG16 pass at 768x512); inputs follow in _features. (lpips_model silences
+                # torchvision's deprecated-flag warning where the nets are built.)
+                self.nets[name] = builders[name]().to(self.device, memory_format=torch.channels_last)
             except WeightsError as e:
                 self.missing[name] = f"weights unavailable: {e}"
 
