@@ -391,7 +391,13 @@ def _kill_when_temp_appears(proc: subprocess.Popen[bytes], folder: Path, name: s
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for entry in os.scandir(folder):
-            if entry.name.startswith(f".{name}.") and entry.name.endswith(".tmp") and entry.stat().st_size > 0:
+            if not (entry.name.startswith(f".{name}.") and entry.name.endswith(".tmp")):
+                continue
+            try:
+                size = entry.stat().st_size
+            except FileNotFoundError:  # the empty output probe, or a temp file renamed into place
+                continue
+            if size > 0:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 return True
