@@ -354,6 +354,29 @@ def test_ms_ssim_loss_works_on_training_crops(side):
     assert torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0
 
 
+def test_border_mse_sees_the_ring_only():
+    """An error inside the 16-px ring counts, one in the interior does not; values as mse255's."""
+    from sodec.losses import border_mse255, mse255
+
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    inner, edge = x.clone(), x.clone()
+    inner[..., 16:48, 16:48] += 0.1
+    edge[..., :16, :] += 0.1
+    assert float(border_mse255(inner, x)) == 0.0
+    ring_px = 64 * 64 - 32 * 32
+    assert float(border_mse255(edge, x)) == pytest.approx(float(mse255(edge, x)) * 64 * 64 / ring_px, rel=1e-5)
+    # a crop with no interior: the whole crop is the ring
+    assert float(border_mse255(edge[..., :32, :32], x[..., :32, :32])) == pytest.approx(
+        float(mse255(edge[..., :32, :32], x[..., :32, :32]))
+    )
+
+
+def test_stage_with_border_mse_logs_it(tmp_path, data_dir):
+    stage = stage_from_toml(tmp_path, data_dir, CODEC_ONLY.replace("mse = 1.0", "mse = 1.0, border_mse = 2.0"), steps=2)
+    res = Trainer(stage, tmp_path / "run", progress=False).run()
+    assert all(float(r["border_mse"]) > 0 for r in read_log(res.run_dir))
+
+
 def test_stage_with_ms_ssim_at_a_small_crop(tmp_path, data_dir):
     stage = stage_from_toml(tmp_path, data_dir, CODEC_ONLY.replace("mse = 1.0", "mse = 1.0, ms_ssim = 100.0"), steps=2)
     res = Trainer(stage, tmp_path / "run", progress=False).run()

@@ -20,7 +20,19 @@ import tomllib
 
 from ..config import from_dict
 
-KNOWN_LOSSES = ("mse", "ms_ssim", "lpips_alex", "lpips_vgg", "dists", "align", "gan", "kl", "latent", "distill")
+KNOWN_LOSSES = (
+    "mse",
+    "border_mse",
+    "ms_ssim",
+    "lpips_alex",
+    "lpips_vgg",
+    "dists",
+    "align",
+    "gan",
+    "kl",
+    "latent",
+    "distill",
+)
 OBJECTIVES = ("sodec", "codec", "vae", "decoder")
 
 
