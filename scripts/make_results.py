@@ -50,7 +50,16 @@ def load(paths: list[Path]) -> EvaluationResult:
     labels = [run.label for run in runs]
     if len(set(labels)) != len(labels):
         raise SystemExit(f"the same run appears twice in {', '.join(map(str, paths))}: {labels}")
-    return EvaluationResult(first.data_dir, first.files, runs, first.environment)
+    # Each run keeps the thread count of its own evaluation: AVIF's encoder output depends on it,
+    # and the crops re-encode the classical files at the recorded quality.
+    for r in results:
+        for run in r.runs:
+            run.settings.setdefault("torch_threads", r.environment.get("torch_threads", 1))
+    env = dict(first.environment)
+    threads = sorted({str(r.environment.get("torch_threads", 1)) for r in results})
+    if len(threads) > 1:
+        env["torch_threads"] = " or ".join(threads) + " (per results file)"
+    return EvaluationResult(first.data_dir, first.files, runs, env)
 
 
 def dataset_name(result: EvaluationResult) -> str:
@@ -216,7 +225,7 @@ def make_crops(
             tiles.append(
                 (
                     f"{series_name(r) if r.kind == 'classical' else r.label}\n{rec.bpp:.4f} bpp{extra}",
-                    crop(reconstruct(r, file, image, cache, int(result.environment.get("torch_threads", 1)))),
+                    crop(reconstruct(r, file, image, cache, int(r.settings.get("torch_threads", 1)))),
                 )
             )
         path = out / f"{dataset_name(result)}-crops-{run.label}.png"
