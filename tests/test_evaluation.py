@@ -262,6 +262,24 @@ def test_make_results_merges_runs_of_the_same_images(evaluated, tmp_path, capsys
         mod.main([str(path), str(path), *args])
 
 
+def test_merged_runs_keep_their_own_thread_count(evaluated, tmp_path):
+    """AVIF's bytes depend on the encoder's thread count: a merged file's runs re-encode (crops)
+    with the count of the evaluation they came from, and the protocol line names both."""
+    mod = load_script()
+    path, doc = evaluated
+    other = json.loads(json.dumps(doc))
+    other["runs"] = [r for r in other["runs"] if r["codec"] == "jpeg"]
+    other["runs"][0]["label"] = "jpeg@again"
+    other["environment"]["torch_threads"] = 7
+    second = tmp_path / "second.json"
+    second.write_text(json.dumps(other))
+    merged = mod.load([path, second])
+    threads = {r.label: r.settings["torch_threads"] for r in merged.runs}
+    assert threads["jpeg@again"] == 7
+    assert {v for k, v in threads.items() if k != "jpeg@again"} == {doc["environment"]["torch_threads"]}
+    assert "(per results file)" in str(merged.environment["torch_threads"])
+
+
 @pytest.fixture(scope="module")
 def tiny_sodec(tmp_path_factory) -> Path:
     """A tiny random-weight SODEC checkpoint (a diffusion decoder, so it has a step count)."""
