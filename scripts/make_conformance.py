@@ -156,6 +156,9 @@ def build(model: api.Model) -> dict[str, tuple[bytes, str, str]]:
         )
     red = np.full((64, 64, 3), (200, 30, 30), np.uint8)
     add("ok-mean-colour-flat-64x64.sodec", api.compress(model, red), "ok", "flat (200, 30, 30), mean-colour stream")
+    # A grayscale file (docs/format.md, "Grayscale"): flag bit 2, decoded with R = G = B.
+    gray = np.repeat(synthetic(40, 72, 6)[..., :1], 3, axis=2)
+    add("ok-gray-72x40.sodec", api.compress(model, gray), "ok", "synthetic 72x40 grayscale image (seed 6), flags 0x05")
 
     base = valid[(64, 64)]
     box = container.unpack(base)
@@ -192,6 +195,7 @@ def build(model: api.Model) -> dict[str, tuple[bytes, str, str]]:
     add("header-len-off.sodec", rs(with_streams(z, y, header_len_delta=1)), "FormatError", "header_len 1 too large")
     add("flags-0.sodec", with_streams(z, y, flags=0), "FormatError", "padding flag clear")
     add("flags-3.sodec", with_streams(z, y, flags=3), "FormatError", "unknown flag bit 1")
+    add("flags-4.sodec", with_streams(z, y, flags=4), "FormatError", "grayscale flag, padding flag clear")
     add("coder-2.sodec", with_streams(z, y, coder=2), "FormatError", "unknown entropy coder 2")
     add("model-id-upper.sodec", with_streams(z, y, model_id=b"Codec-tiny-test"), "FormatError", "upper case id")
     add("model-id-newline.sodec", with_streams(z, y, model_id=b"codec-tiny-test\n"), "FormatError", "id + newline")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 
 import numpy as np
@@ -328,6 +329,32 @@ def test_grayscale_is_converted_with_a_note(tmp_path, model_path, capsys):
     Image.fromarray(random_image(20, 20)[..., 0], "L").save(p)
     assert main(["compress", str(p), "-o", str(tmp_path / "g.sodec"), "--model", model_path]) == 0
     assert "grayscale coded as RGB" in capsys.readouterr().err
+
+
+def test_a_grayscale_image_decodes_to_a_grayscale_file(tmp_path, png, model_path, capsys):
+    """docs/format.md, "Grayscale": R = G = B in, one channel out (PPM, colour-only, stays RGB)."""
+    p = tmp_path / "g.png"
+    Image.fromarray(random_image(40, 72, seed=3)[..., 0], "L").save(p)
+    s = tmp_path / "g.sodec"
+    assert main(["compress", str(p), "-o", str(s), "--model", model_path, "-q"]) == 0
+    assert container.parse_header(s.read_bytes()).grayscale
+    decoded = api.decompress(s.read_bytes(), api.load_model(model_path))
+    assert (decoded[..., 0] == decoded[..., 1]).all() and (decoded[..., 1] == decoded[..., 2]).all()
+    (tmp_path / "out").mkdir()
+    for name, mode in (("g.png", "L"), ("g.tif", "L"), ("g.bmp", "L"), ("g.ppm", "RGB")):
+        assert main(["decompress", str(s), "-o", str(tmp_path / "out" / name), "--model", model_path, "-q"]) == 0
+        with Image.open(tmp_path / "out" / name) as im:
+            assert (im.mode, im.size) == (mode, (72, 40)), name
+    assert main(["info", str(s)]) == 0
+    assert re.search(r"^grayscale\s+True$", capsys.readouterr().out, re.M)
+    # A colour image keeps flags 0x01 (older readers decode it) and decodes to RGB.
+    c = tmp_path / "c.sodec"
+    assert main(["compress", str(png), "-o", str(c), "--model", model_path, "-q"]) == 0
+    assert container.parse_header(c.read_bytes()).flags == container.FLAG_PAD_REPLICATE
+    assert main(["decompress", str(c), "-o", str(tmp_path / "c.png"), "--model", model_path, "-q"]) == 0
+    with Image.open(tmp_path / "c.png") as im:
+        assert im.mode == "RGB"
+    assert api.info(c.read_bytes())["grayscale"] is False
 
 
 def test_output_suffix_selects_a_lossless_format(tmp_path, png, model_path, monkeypatch):

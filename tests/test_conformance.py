@@ -62,6 +62,8 @@ def test_conformance_file(name: str, models: dict[str, api.Model]) -> None:
         image = api.decompress(data, model)
         assert image.shape == (entry["height"], entry["width"], 3)
         assert image.dtype == np.uint8
+        if latents.header.grayscale:  # docs/format.md, "Grayscale": exactly R = G = B
+            assert (image == image[..., :1]).all()
         # Pixels: within the stated tolerance of the reference decode (sodec.contract).
         reference = np.asarray(Image.open(FOLDER / entry["reference_png"]).convert("RGB"))
         diff = contract.compare_pixels(image, reference)

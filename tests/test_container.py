@@ -81,10 +81,19 @@ def test_header_fields_out_of_range_are_refused() -> None:
     for bad in (
         b"\x00" + body[1:],  # flags: padding bit clear
         b"\x81" + body[1:],  # flags: unknown bit
+        b"\x03" + body[1:],  # flags: bit 1 stays reserved
+        b"\x04" + body[1:],  # flags: grayscale without the padding bit
         body[:1] + b"\x07" + body[2:],  # unknown coder
     ):
         with pytest.raises(errors.FormatError):
             container.unpack(with_body(bad))
+
+
+def test_the_grayscale_flag_round_trips() -> None:
+    for flags, gray in ((container.FLAG_PAD_REPLICATE, False), (0x05, True)):
+        data = container.pack(header(stream_lengths=(3,), flags=flags), [b"abc"])
+        h = container.unpack(data).header
+        assert (h.flags, h.grayscale) == (flags, gray)
 
 
 def test_limits_are_checked_from_the_header_alone() -> None:
@@ -123,6 +132,8 @@ def test_stream_lengths_are_checked_against_the_file_size() -> None:
         {"width": 0},
         {"height": container.MAX_SIDE + 1},
         {"flags": 0},
+        {"flags": 4},
+        {"flags": 3},
         {"coder": 9},
     ],
 )

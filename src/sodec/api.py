@@ -163,6 +163,10 @@ def check_encode_size(width: int, height: int, max_pixels: int | None = containe
 def compress(model: Model, image: np.ndarray, max_pixels: int | None = container.DEFAULT_MAX_PIXELS) -> bytes:
     """Encode an (H, W, 3) uint8 image; returns the complete .sodec file.
 
+    An image whose three channels are equal everywhere (a grayscale photo read as RGB) is marked
+    grayscale in the header (docs/format.md, "Grayscale"), so decoders return it without the
+    faint colour a generative decoder may add.
+
     Memory is bounded at any size: g_a runs in tiles of 1024 px (:meth:`VAECodec.analysis`), so a
     12 MP photo encodes in about a gigabyte; an image that fits one tile is coded untiled.
     Raises :class:`UsageError` for a bad array or size, :class:`LimitsError` over ``max_pixels``
@@ -186,10 +190,22 @@ def compress(model: Model, image: np.ndarray, max_pixels: int | None = container
             raise
         raise err from e
     colour = mean_colour.encode(image)
+    flags = container.FLAG_PAD_REPLICATE | (container.FLAG_GRAYSCALE if is_grayscale(image) else 0)
     header = container.Header(
-        model.model_id, model.weights_id, w, h, (len(streams.z), len(streams.y), len(colour)), streams.symbols_crc
+        model.model_id,
+        model.weights_id,
+        w,
+        h,
+        (len(streams.z), len(streams.y), len(colour)),
+        streams.symbols_crc,
+        flags=flags,
     )
     return container.pack(header, [streams.z, streams.y, colour])
+
+
+def is_grayscale(image: np.ndarray) -> bool:
+    """True if every pixel of an (H, W, 3) uint8 image has R = G = B."""
+    return bool(np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2]))
 
 
 def check_model(model: Model, header: container.Header) -> None:
@@ -256,10 +272,13 @@ class DecodedLatents:
 
     def finish(self, x: torch.Tensor) -> np.ndarray:
         """A decoder's (1, 3, Hp, Wp) output in [0, 1] -> the (H, W, 3) uint8 image: cropped to the
-        header's size, its mean matched to the file's mean colour (:mod:`sodec.mean_colour`)."""
+        header's size, its mean matched to the file's mean colour (:mod:`sodec.mean_colour`), and
+        for a grayscale file the channels averaged, so R = G = B exactly."""
         x = x[..., : self.header.height, : self.header.width]
         if self.mean_colour is not None:
             mean_colour.match(x, self.mean_colour)
+        if self.header.grayscale:
+            x = x.mean(dim=1, keepdim=True).expand_as(x)
         return to_uint8(x)
 
 
@@ -318,7 +337,8 @@ def decompress(
     tile: int | None = None,
     base_weights: str | os.PathLike[str] | None = None,
 ) -> np.ndarray:
-    """Decode a .sodec file to an (H, W, 3) uint8 image (the model is found from the header)."""
+    """Decode a .sodec file to an (H, W, 3) uint8 image (the model is found from the header).
+    A grayscale file (``container.parse_header(data).grayscale``) comes back with R = G = B."""
     if tile is not None and (tile <= 8 or tile % 4):
         raise UsageError(f"tile {tile}: use a multiple of 4 above 8 (latent rows/cols)")
     lat = decode_latents(data, model, max_pixels, base_weights)

@@ -455,10 +455,11 @@ def cmd_decompress(args: argparse.Namespace) -> int:
         dt = time.perf_counter() - t
         batch.coding_s += dt
         suffix = ".png" if job.dst == "-" else Path(job.dst).suffix
-        _write_output(job.dst, encode_image_file(image, suffix), args.force)
+        _write_output(job.dst, encode_image_file(image, suffix, header.grayscale), args.force)
         load = f", model load {batch.load_s:.2f} s" if batch.done == 0 and len(jobs) == 1 else ""
         batch.say(
-            f"{name} -> {job.dst}: {image.shape[1]}x{image.shape[0]}, model {model.model_id}; decode {dt:.2f} s{load}"
+            f"{name} -> {job.dst}: {image.shape[1]}x{image.shape[0]}{', grayscale' if header.grayscale else ''}, "
+            f"model {model.model_id}; decode {dt:.2f} s{load}"
         )
 
     batch.run(one)

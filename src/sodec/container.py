@@ -8,7 +8,8 @@ Layout (version 1; integers little-endian, ``uv`` = unsigned LEB128 varint, mini
     magic        4   b"SODC"
     version      1   1
     header_len   2   bytes from the magic to the end of header_crc
-    flags        1   bit 0: edge-replicate padding (always set in v1); other bits must be 0
+    flags        1   bit 0: edge-replicate padding (always set in v1); bit 2: grayscale image
+                     (decoded to one channel); bits 1, 3-7 must be 0
     coder        1   1 = CompressAI rANS (range Asymmetric Numeral Systems)
     model_len    1   1..48
     model_id     n   ASCII [a-z0-9._-]
@@ -37,6 +38,9 @@ VERSION = 1
 CODER_RANS = 1
 CODERS = {CODER_RANS: "compressai-rans"}
 FLAG_PAD_REPLICATE = 0x01
+# Bit 1 stays refused: tests/data/conformance/flags-3.sodec records it as a FormatError for good.
+FLAG_GRAYSCALE = 0x04
+VALID_FLAGS = (FLAG_PAD_REPLICATE, FLAG_PAD_REPLICATE | FLAG_GRAYSCALE)
 MAX_SIDE = 1 << 24
 MAX_STREAMS = 8
 MAX_MODEL_ID = 48
@@ -63,6 +67,11 @@ class Header:
     @property
     def pixels(self) -> int:
         return self.width * self.height
+
+    @property
+    def grayscale(self) -> bool:
+        """The encoder's input had R = G = B everywhere: decoders output one channel."""
+        return bool(self.flags & FLAG_GRAYSCALE)
 
 
 @dataclass(frozen=True)
@@ -98,8 +107,8 @@ def pack(header: Header, streams: list[bytes] | tuple[bytes, ...]) -> bytes:
     mid = header.model_id.encode("ascii")
     if not (1 <= len(mid) <= MAX_MODEL_ID) or not MODEL_ID_RE.fullmatch(mid):
         raise ValueError(f"bad model id {header.model_id!r}")
-    if header.flags != FLAG_PAD_REPLICATE or header.coder not in CODERS:
-        raise ValueError("version 1 writes flags 0x01 and a known coder")
+    if header.flags not in VALID_FLAGS or header.coder not in CODERS:
+        raise ValueError("version 1 writes flags 0x01 or 0x05 and a known coder")
     if len(header.weights_id) != 4:
         raise ValueError("weights_id must be 4 bytes")
     if not (1 <= header.width <= MAX_SIDE and 1 <= header.height <= MAX_SIDE):
@@ -167,8 +176,8 @@ def parse_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> He
     r = _Reader(data, header_len - 4)
     r.pos = 7
     flags, coder, mlen = r.u8(), r.u8(), r.u8()
-    if flags != FLAG_PAD_REPLICATE:  # v1: bit 0 always set, the others clear
-        raise FormatError(f"header flags 0x{flags:02x} are not valid in version 1 (0x01)")
+    if flags not in VALID_FLAGS:  # v1: bit 0 always set, bit 2 optional, the others clear
+        raise FormatError(f"header flags 0x{flags:02x} are not valid in version 1 (0x01 or 0x05)")
     if coder not in CODERS:
         raise FormatError(f"unknown entropy coder id {coder}")
     if not 1 <= mlen <= MAX_MODEL_ID:

@@ -62,6 +62,7 @@ def info(data: bytes, max_pixels: int | None = container.DEFAULT_MAX_PIXELS) -> 
         "height": h.height,
         "padded_to": list(padded_size(h.width, h.height)),
         "padding": "edge-replicate, bottom/right",
+        "grayscale": h.grayscale,
         "entropy_coder": container.CODERS[h.coder],
         "streams": dict(zip(STREAM_NAMES[: len(h.stream_lengths)], h.stream_lengths, strict=True))
         if len(h.stream_lengths) in (2, 3)

@@ -647,13 +647,18 @@ def png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def encode_image_file(arr: np.ndarray, suffix: str) -> bytes:
-    """Encode a decoded image for writing; the format follows the output file's suffix."""
+def encode_image_file(arr: np.ndarray, suffix: str, grayscale: bool = False) -> bytes:
+    """Encode a decoded (H, W, 3) uint8 image for writing; the format follows the output file's
+    suffix. ``grayscale`` (a file whose header says so, R = G = B) writes one channel, except to
+    .ppm, whose format holds colour only (netpbm's grayscale one is .pgm)."""
     fmt = {".png": "PNG", ".ppm": "PPM", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}.get(suffix.lower())
     if fmt is None:
         raise UnsupportedInputError(f"output suffix {suffix!r}: write .png, .ppm, .bmp or .tif (lossless)")
     buf = io.BytesIO()
-    Image.fromarray(arr, "RGB").save(buf, format=fmt)
+    if grayscale and fmt != "PPM":
+        Image.fromarray(np.ascontiguousarray(arr[..., 0]), "L").save(buf, format=fmt)
+    else:
+        Image.fromarray(arr, "RGB").save(buf, format=fmt)
     return buf.getvalue()
 
 

@@ -53,12 +53,15 @@ def decode(stream: bytes) -> tuple[float, float, float]:
 
 
 def strip(data: bytes) -> bytes:
-    """A .sodec file without its mean-colour stream: the file sodec 0.1 wrote for the same image,
-    which decodes to what the decoder makes on its own. A two-stream file comes back unchanged."""
+    """A .sodec file without its mean-colour stream (nor the grayscale flag, which came later):
+    the file sodec 0.1 wrote for the same image, which decodes to what the decoder makes on its
+    own. A two-stream file comes back unchanged."""
     box = container.unpack(data)
     if len(box.streams) != 3:
         return data
-    header = dataclasses.replace(box.header, stream_lengths=box.header.stream_lengths[:2])
+    header = dataclasses.replace(
+        box.header, stream_lengths=box.header.stream_lengths[:2], flags=container.FLAG_PAD_REPLICATE
+    )
     return container.pack(header, list(box.streams[:2]))
 
 
