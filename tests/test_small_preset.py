@@ -302,6 +302,19 @@ def test_export_train_state_makes_a_checkpoint_that_codes(tmp_path, tiny_data):
     img = (np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)
     m = api.Model(model.eval(), "codec", "x", "0" * 64)
     assert api.decompress(api.compress(m, img), m).shape == img.shape
+    # An architecture that is no preset: taken from a checkpoint instead (here the stage's own).
+    out2 = tmp_path / "exported2.safetensors"
+    r = subprocess.run(
+        [sys.executable, str(script), str(state), "--config-from", str(tmp_path / "run" / "1-t" / "model.safetensors"),
+         "--out", str(out2)],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    again, _ = load_checkpoint(out2)
+    finished, _ = load_checkpoint(tmp_path / "run" / "1-t" / "model.safetensors")
+    for k, v in finished.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v), k
 
 
 def test_python_dash_m_sodec_is_the_cli():

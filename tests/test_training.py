@@ -837,6 +837,21 @@ def test_extra_data_folders_join_the_training_set(tmp_path, data_dir):
     assert any(p.parent == extra.resolve() for p in tr.sampler.files)
 
 
+def test_the_final_checkpoint_is_saved_before_the_last_validation(tmp_path, data_dir, monkeypatch):
+    """A last validation pass that fails (once, the library changed under a running job) must not
+    cost the stage's weights: model.safetensors is written first, then the error surfaces."""
+    stage = stage_from_toml(tmp_path, data_dir, CODEC_ONLY, holdout=0.4, val_images=2, steps=2)
+
+    def broken(self):
+        raise AttributeError("validation broke")
+
+    monkeypatch.setattr(Trainer, "validate", broken)
+    with pytest.raises(AttributeError, match="validation broke"):
+        Trainer(stage, tmp_path / "run", progress=False).run()
+    model = api.load_model(tmp_path / "run" / "model.safetensors")
+    assert api.decompress(api.compress(model, random_image(64, 64, seed=3)), model).shape == (64, 64, 3)
+
+
 def test_final_checkpoint_codes_without_validation_and_nan_stops(tmp_path, data_dir):
     """No held-out images: the final file still has its entropy tables (it can compress); a
     non-finite loss stops the stage with a one-line error instead of saving NaN weights."""

@@ -597,16 +597,18 @@ class Trainer:
         sha = ""
         if self.rank == 0:
             last = dict(rec)
-            every = self.stage.validate_every
-            if self.val_files and not (every and self.step % every == 0):  # else run() just did it
-                last.update(self._log_val())
             self.model.eval()
             # The shipped file must code: its entropy tables are built here whether or not a
             # validation pass (which also builds them) ran.
             self.codec.update(force=True)  # type: ignore[operator]
             cfg = self.model.cfg  # type: ignore[attr-defined]
+            # Saved before the last validation: an hour's weights must not hang on a pass that
+            # only reports (one failed when the library changed under a running job).
             sha = save_checkpoint(ckpt, self.model, self.kind, cfg, {"sodec.stage": self.stage.name})
             (self.run_dir / "model.sha256").write_text(f"{sha}  model.safetensors\n")
+            every = self.stage.validate_every
+            if self.val_files and not (every and self.step % every == 0):  # else run() just did it
+                last.update(self._log_val())
             rec = last
         if dist.is_initialized():
             dist.barrier()
