@@ -609,6 +609,7 @@ class Trainer:
             every = self.stage.validate_every
             if self.val_files and not (every and self.step % every == 0):  # else run() just did it
                 last.update(self._log_val())
+                self.model.eval()  # validate() hands the model back in train mode
             rec = last
         if dist.is_initialized():
             dist.barrier()
