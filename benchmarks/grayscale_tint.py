@@ -26,10 +26,6 @@ def spread(x: np.ndarray) -> str:
     return f"{s.mean():.2f} / {s.max()}"
 
 
-def psnr(x: np.ndarray, ref: np.ndarray) -> float:
-    return float(10 * np.log10(255.0**2 / np.mean((x - ref.astype(np.int16)) ** 2)))
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="sodec-small-q2")
@@ -40,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from sodec import api, container
+    from sodec.metrics import psnr
+
+    def gray_psnr(x: np.ndarray, ref: np.ndarray) -> float:  # both (H, W), as three equal channels
+        return psnr(np.repeat(ref[..., None], 3, axis=2), np.repeat(x.astype(np.uint8)[..., None], 3, axis=2)).value
 
     torch.set_num_threads(2)
     model = api.load_model(a.model)
@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(
             f"{name}  {8 * len(data) / gray.size:.4f} bpp  flag cleared: spread {spread(before)}, "
-            f"PSNR {psnr(np.round(before.mean(axis=2)), gray):.2f}  |  flag set: spread {spread(after)}, "
-            f"PSNR {psnr(after[..., 0], gray):.2f}"
+            f"PSNR {gray_psnr(np.round(before.mean(axis=2)), gray):.2f}  |  flag set: spread {spread(after)}, "
+            f"PSNR {gray_psnr(after[..., 0], gray):.2f}"
         )
     return 0
 
