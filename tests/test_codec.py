@@ -242,3 +242,20 @@ def test_a_codec_with_built_tables_loads_tables_of_another_length():
     assert a.entropy_bottleneck._quantized_cdf.shape != b.entropy_bottleneck._quantized_cdf.shape
     b.load_state_dict(a.state_dict())
     assert torch.equal(b.entropy_bottleneck._quantized_cdf, a.entropy_bottleneck._quantized_cdf)
+
+
+@pytest.mark.parametrize("name", ["codec-small-q2", "sodec-small-q2"])
+def test_shipped_models_keep_a_finite_rate_for_latents_far_from_their_mean(name):
+    """The likelihood floor (1e-9) is the model's own, not the checkpoint's: the shipped files
+    hold it as 0, with which one latent far from its predicted mean made training's rate
+    infinite and the step NaN (a fine-tune from the shipped weights did so at step 0)."""
+    codec = api.load_model(name).codec
+    for module in (codec.gaussian_conditional, codec.entropy_bottleneck):
+        assert module.likelihood_lower_bound.bound.item() == pytest.approx(1e-9)
+    codec.train()
+    x = torch.rand(1, 3, 64, 64)
+    y = codec.g_a(x) + 1e4  # far outside anything h_s predicts
+    scales, means = codec.split_params(codec.entropy_params(y, codec.hyper_synthesis(codec.h_a(y).round())))
+    _, lh = codec.gaussian_conditional(y, scales, means=means)
+    assert torch.isfinite(torch.log2(lh)).all()
+    assert lh.min().item() == pytest.approx(1e-9)

@@ -44,8 +44,15 @@ class CodecConfig:
     # anchors are coded from the hyperprior, the other half of y also from a masked 5x5
     # convolution of the decoded anchors (VAECodec.context_model; docs/format.md).
     context: str = "none"
+    # How g_a, g_s, h_a, h_s (and D_a, built like g_s) pad at the image border: "zeros" (PyTorch's
+    # default, the paper's codec) or "replicate" (edge replication, as the image itself is padded
+    # to a multiple of 64): a border region then looks to every layer like an interior one and a
+    # flat image stays flat through the codec (models/padding.py; issue 11's border checks).
+    padding: str = "zeros"
 
     def __post_init__(self) -> None:
+        if self.padding not in ("zeros", "replicate"):
+            raise ValueError(f"padding {self.padding!r}: use 'zeros' or 'replicate'")
         if len(self.encoder_channels) != 5 or len(self.decoder_channels) != 5:
             raise ValueError("encoder/decoder need 5 widths (1 full-res + 4 stride-2 stages)")
         if self.norm not in ("channel", "gdn"):
@@ -301,8 +308,13 @@ class SodecConfig:
     latent_decoder: TAEConfig | None = None
     # The latent space's own encoder (training only: target latents, never in a checkpoint).
     latent_space: str = "sd-vae"
+    # Border padding of the decoder side: T_s, the UNet and D_m (the codec and D_a follow
+    # ``codec.padding``); "zeros" or "replicate" (models/padding.py).
+    padding: str = "zeros"
 
     def __post_init__(self) -> None:
+        if self.padding not in ("zeros", "replicate"):
+            raise ValueError(f"padding {self.padding!r}: use 'zeros' or 'replicate'")
         if self.latent_space not in ("sd-vae", "taef2"):
             raise ValueError(f"latent_space {self.latent_space!r}: use 'sd-vae' or 'taef2'")
         if (self.latent_space == "taef2") != (self.latent_decoder is not None):

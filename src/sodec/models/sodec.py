@@ -32,6 +32,7 @@ from ..errors import WeightsError
 from ..tiling import tiled_decode
 from .fidelity_guidance import FidelityGuidance
 from .one_step import OneStepDiffusion, _diffusers
+from .padding import set_padding
 from .transform import TransformationModule
 from .vae_codec import VAECodec, synthesis_transform
 
@@ -69,6 +70,8 @@ class SodecModel(nn.Module):
         if source is not None:
             self.load_base(source)
         self.diffusion.add_lora()
+        for part in (self.transform, self.diffusion):
+            set_padding(part, cfg.padding)
         self.decode_steps = 1
 
     # -- the paper-preset base weights ----------------------------------------------------------

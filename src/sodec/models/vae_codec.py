@@ -50,6 +50,7 @@ from ._compressai import (
     conv,
     deconv,
 )
+from .padding import set_padding
 
 # Encoding in tiles (VAECodec.analysis): cores of 64 latents (1024 px) computed from windows that
 # reach 4 latents (64 px) further. g_a's receptive-field radius is 34 px (3 from the 7x7 conv,
@@ -155,7 +156,7 @@ def synthesis_transform(cfg: CodecConfig) -> nn.Sequential:
         layers.append(nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1))
         layers += [GDN(cout, inverse=True)] if gdn else [ChannelNorm2d(cout), nn.ReLU()]
     layers.append(nn.Conv2d(ch[-1], 3, 7, padding=3))
-    return nn.Sequential(*layers)
+    return set_padding(nn.Sequential(*layers), cfg.padding)
 
 
 def hyper_analysis(cfg: CodecConfig) -> nn.Sequential:
@@ -297,6 +298,8 @@ class VAECodec(CompressionModel):
         self.entropy_bottleneck = EntropyBottleneck(cfg.hyper_latent_channels)
         self.gaussian_conditional = GaussianConditional(None)
         self.context_model = CheckerboardContext(cfg.latent_channels) if cfg.context == "checkerboard" else None
+        for part in (self.g_a, self.g_s, self.h_a, self.h_s):
+            set_padding(part, cfg.padding)
         # The scale table lives in the checkpoint; fill it now so a fresh model can code too,
         # unless a checkpoint's tables are about to replace it (tables_from_checkpoint).
         if _FILL_TABLES:
@@ -304,6 +307,7 @@ class VAECodec(CompressionModel):
 
     # Entropy-table buffers, whose sizes depend on the weights they were built from.
     _TABLES = ("_quantized_cdf", "_offset", "_cdf_length")
+    _CONSTANT = "likelihood_lower_bound.bound"
 
     def load_state_dict(self, state_dict, strict: bool = True):  # type: ignore[override]
         """CompressAI's loader, with entropy tables resized to the checkpoint's whatever they held.
@@ -313,6 +317,14 @@ class VAECodec(CompressionModel):
         checkpoint's tables of a different length.
         """
         own = dict(self.named_buffers())
+        # The entropy models' likelihood floor (1e-9) is a constant of their construction, not
+        # learned, and the shipped checkpoints up to sodec 0.2 hold it as 0 (it went through a
+        # float16 round trip). Coding never reads it, but training does: with a floor of 0 one
+        # latent far from its predicted mean makes the rate infinite and the step NaN. So the
+        # model keeps its own value.
+        state_dict = {
+            k: own[k].clone() if k.endswith(self._CONSTANT) and k in own else v for k, v in state_dict.items()
+        }
         for key, value in state_dict.items():
             if key.rsplit(".", 1)[-1] in self._TABLES and key in own and own[key].shape != value.shape:
                 own[key].resize_(value.shape)

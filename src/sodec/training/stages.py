@@ -59,6 +59,10 @@ class StageConfig:
     # all other weights kept. Fitted with the codec frozen, the bits shrink and the decoded
     # latents stay the same up to where they round (configs/codec-context.toml).
     codec_context: str | None = None
+    # "replicate" or "zeros": before training, every network of the starting model pads its
+    # convolutions that way at the image border (CodecConfig.padding and SodecConfig.padding,
+    # models/padding.py), all weights kept. None: as the model was built or loaded.
+    padding: str | None = None
     # fnmatch globs over parameter names; everything not matched is frozen (requires_grad False).
     train: tuple[str, ...] = ("*",)
     # Distortion terms and their weights (mse is on the 0..255 scale, like CompressAI's lambda).
@@ -149,6 +153,8 @@ class StageConfig:
             raise ValueError(f"stage {self.name!r}: init_latent_decoder is 'taef2' or absent")
         if not 0.0 <= self.flat_fraction <= 1.0:
             raise ValueError(f"stage {self.name!r}: flat_fraction is in [0, 1]")
+        if self.padding not in (None, "zeros", "replicate"):
+            raise ValueError(f"stage {self.name!r}: padding is 'zeros', 'replicate' or absent")
         if self.steps < 1 or self.batch_size < 1 or self.crop < 64 or self.crop % 64:
             raise ValueError(f"stage {self.name!r}: steps, batch_size >= 1 and crop a multiple of 64")
 

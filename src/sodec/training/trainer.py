@@ -97,7 +97,26 @@ def build_stage_model(
         _init_latent_decoder(model, weights_dir)
     if stage.codec_context is not None:
         model = _with_codec_context(model, kind, stage.codec_context)
+    if stage.padding is not None:
+        model = _with_padding(model, kind, stage.padding)
     return model, kind
+
+
+def _with_padding(model: nn.Module, kind: str, padding: str) -> nn.Module:
+    """The same model with every network padding by ``padding`` at the border (stage
+    ``padding``): its configs say so, so the checkpoint it saves rebuilds that way; every weight
+    and buffer is kept (models/padding.py changes no parameter)."""
+    import dataclasses
+
+    from ..models.padding import set_padding
+
+    cfg = model.cfg  # type: ignore[union-attr]
+    if kind == "codec":
+        model.cfg = dataclasses.replace(cfg, padding=padding)  # type: ignore[union-attr]
+    else:
+        model.cfg = dataclasses.replace(cfg, padding=padding, codec=dataclasses.replace(cfg.codec, padding=padding))  # type: ignore[union-attr]
+        model.codec.cfg = model.cfg.codec  # type: ignore[union-attr]
+    return set_padding(model, padding)
 
 
 def _with_codec_context(model: nn.Module, kind: str, context: str) -> nn.Module:
