@@ -1,13 +1,17 @@
 """How convolutions extend the picture past its border (issue 11's border, flat and small-image checks).
 
-PyTorch convolutions pad with zeros. A network trained that way sees a black frame around every
-image: the codec's encoder spends fewer bits on the outer latents (8-10 bits per position
+PyTorch convolutions pad with zeros, so every layer sees a black frame around the image; issue
+11's border symptoms were suspected to come from it: the codec's encoder spends fewer bits on the outer latents (8-10 bits per position
 against 15 inside, docs/design.md), the decoders darken the outermost pixels, a flat patch
 comes back with its largest errors at the corners, and a 64x64 image, all border, decodes worse
 than the same pixels inside a larger picture. With ``"replicate"`` every convolution extends its
 input by repeating the edge, as sodec already extends an image to a multiple of 64
-(``api.compress``): a region near the border then looks to each layer like one inside, and a
-flat image stays exactly flat through every layer (the entropy models' means and scales too).
+(``api.compress``): a region near the border then looks to each layer more like one inside. A
+flat image gives an exactly constant y and z, and D_m keeps a constant latent flat; a stride-2
+transposed convolution turns a constant into a periodic pattern, which edge replication does not
+continue, so h_s and g_s are flat at the border only as far as training makes them
+(tests/test_padding.py). A short fine-tune of a zero-padded codec did not shrink its border ring
+(benchmarks/padding_finetune.py, docs/design.md): the option is for training from scratch.
 
 ``set_padding(module, mode)`` changes the convolutions of ``module`` in place and keeps every
 parameter and its name, so a model trained with zero padding can be fine-tuned with the other

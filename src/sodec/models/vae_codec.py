@@ -298,7 +298,7 @@ class VAECodec(CompressionModel):
         self.entropy_bottleneck = EntropyBottleneck(cfg.hyper_latent_channels)
         self.gaussian_conditional = GaussianConditional(None)
         self.context_model = CheckerboardContext(cfg.latent_channels) if cfg.context == "checkerboard" else None
-        for part in (self.g_a, self.g_s, self.h_a, self.h_s):
+        for part in (self.g_a, self.h_a, self.h_s):  # g_s: synthesis_transform sets it
             set_padding(part, cfg.padding)
         # The scale table lives in the checkpoint; fill it now so a fresh model can code too,
         # unless a checkpoint's tables are about to replace it (tables_from_checkpoint).
