@@ -159,6 +159,20 @@ def build(model: api.Model) -> dict[str, tuple[bytes, str, str]]:
     # A grayscale file (docs/format.md, "Grayscale"): flag bit 2, decoded with R = G = B.
     gray = np.repeat(synthetic(40, 72, 6)[..., :1], 3, axis=2)
     add("ok-gray-72x40.sodec", api.compress(model, gray), "ok", "synthetic 72x40 grayscale image (seed 6), flags 0x05")
+    # Files with the margin (docs/format.md, "Margin"): flag bit 3, the picture centred in its canvas.
+    for h, w, seed in [(37, 100, 2), (512, 768, 5)]:
+        add(
+            f"ok-margin-{w}x{h}.sodec",
+            api.compress(model, synthetic(h, w, seed), margin=True),
+            "ok",
+            f"synthetic {w}x{h} image (seed {seed}), flags 0x09: centred in a replicated margin",
+        )
+    add(
+        "ok-margin-gray-72x40.sodec",
+        api.compress(model, gray, margin=True),
+        "ok",
+        "synthetic 72x40 grayscale image (seed 6), flags 0x0d",
+    )
 
     base = valid[(64, 64)]
     box = container.unpack(base)
@@ -196,6 +210,8 @@ def build(model: api.Model) -> dict[str, tuple[bytes, str, str]]:
     add("flags-0.sodec", with_streams(z, y, flags=0), "FormatError", "padding flag clear")
     add("flags-3.sodec", with_streams(z, y, flags=3), "FormatError", "unknown flag bit 1")
     add("flags-4.sodec", with_streams(z, y, flags=4), "FormatError", "grayscale flag, padding flag clear")
+    add("flags-8.sodec", with_streams(z, y, flags=8), "FormatError", "margin flag, padding flag clear")
+    add("flags-25.sodec", with_streams(z, y, flags=0x19), "FormatError", "margin flag beside unknown bit 4")
     add("coder-2.sodec", with_streams(z, y, coder=2), "FormatError", "unknown entropy coder 2")
     add("model-id-upper.sodec", with_streams(z, y, model_id=b"Codec-tiny-test"), "FormatError", "upper case id")
     add("model-id-newline.sodec", with_streams(z, y, model_id=b"codec-tiny-test\n"), "FormatError", "id + newline")

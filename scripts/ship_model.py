@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         "--rate-weight", type=float, help="record this final lambda (a run whose last stage did not steer it)"
     )
     p.add_argument("--target-bpp", type=float, help="record this rate target (likewise)")
+    p.add_argument(
+        "--margin",
+        action="store_true",
+        help="compress() gives this model's pictures a replicated margin by default (registry field margin)",
+    )
     a = p.parse_args(argv)
     kind, cfg, state, meta = read_checkpoint(a.checkpoint)
     if a.codec_only:
@@ -91,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             or train_meta.get("rate_weight"),
             "target_bpp": a.target_bpp or train_meta.get("target_bpp"),
             "kodak_bpp": a.kodak_bpp,
+            **({"margin": True} if a.margin else {}),
         }
     )
     reg["models"].sort(key=lambda m: (m["family"], m["quality"]))

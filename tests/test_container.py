@@ -96,6 +96,16 @@ def test_the_grayscale_flag_round_trips() -> None:
         assert (h.flags, h.grayscale) == (flags, gray)
 
 
+def test_the_margin_flag_round_trips_and_only_known_bits_parse() -> None:
+    for flags in (0x01, 0x05, 0x09, 0x0D):
+        data = container.pack(header(stream_lengths=(3,), flags=flags), [b"abc"])
+        h = container.unpack(data).header
+        assert (h.flags, h.grayscale, h.margin) == (flags, bool(flags & 4), bool(flags & 8))
+    for flags in (0x08, 0x0B, 0x11, 0x19):  # margin without bit 0, or beside an unknown bit
+        with pytest.raises(ValueError):
+            container.pack(header(stream_lengths=(3,), flags=flags), [b"abc"])
+
+
 def test_limits_are_checked_from_the_header_alone() -> None:
     data = container.pack(header(width=1_000_000, height=1_000_000, stream_lengths=(1,)), [b"x"])
     head = data[: container.parse_header(data, max_pixels=None).header_len]

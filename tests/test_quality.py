@@ -1,9 +1,8 @@
 """Picture checks of issue 11 on the shipped models (benchmarks/quality_checks.py has all of them).
 
 Only the checks the shipped models pass are here, some on a subset of Kodak to keep the suite
-short; the others (flat patches within 3 levels, border ring within 1 dB, and the grid on all 24
-images, where the default model peaks at x4.4 on kodim10) are measured by the benchmark and
-reported in the README, not asserted.
+short; the others (flat patches within 3 levels, the grid and the border ring on all 24 images)
+are measured by the benchmark and reported in the README, not asserted.
 The flat-colour bound below is a regression bound for the hue loss the earlier models had (a
 flat (30, 160, 60) decoded as (70, 86, 98)), not the issue's 3-level goal. The mean colour is
 within the issue's 3 levels because files carry it (sodec.mean_colour); the decoder's own drift
@@ -98,3 +97,21 @@ def test_default_model_codes_a_64px_image_like_the_same_region_inside_a_larger_o
     alone = _psnr(small, api.decompress(api.compress(default_model, small), default_model))
     inside = _psnr(small, api.decompress(api.compress(default_model, big), default_model)[128:192, 128:192])
     assert inside - alone <= 2.0, (alone, inside)
+
+
+@needs_kodak
+def test_default_model_codes_the_border_ring_like_the_interior(default_model):
+    """The issue's border check (16-px ring's PSNR within 1 dB of the interior's, mean over
+    images) on every fourth Kodak image, as benchmarks/border_profile.py samples them. The
+    default model's files carry the replicated margin (docs/format.md, "Margin"); coded without
+    it the same model misses (+1.35 dB on these six, -0.89 dB with it; measured in session 19)."""
+    from sodec.image_io import read_image
+
+    gaps = []
+    for p in sorted(KODAK.glob("*.png"))[::4][:6]:
+        img = read_image(p)[0]
+        dec = api.decompress(api.compress(default_model, img), default_model)
+        ring = np.ones(img.shape[:2], bool)
+        ring[16:-16, 16:-16] = False
+        gaps.append(_psnr(img[~ring], dec[~ring]) - _psnr(img[ring], dec[ring]))
+    assert np.mean(gaps) <= 1.0, np.round(gaps, 2)

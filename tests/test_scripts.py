@@ -137,3 +137,21 @@ def test_fgm_effect_decodes_with_each_condition(tmp_path, capsys):
     assert all(float(c.replace("lv", "")) >= 0 for c in cells[1:])
     with pytest.raises(SystemExit, match="no guidance"):
         mod.main(["--model", MODEL, "--data", str(tmp_path)])
+
+
+def test_margin_effect_codes_each_image_with_and_without_the_margin(tmp_path, capsys):
+    """benchmarks/margin_effect.py on a plain codec: a row for each setting, the margin's files
+    larger (the canvas grows from 64x64 to 128x128), and a picture whose ring is worse than
+    its inside measured as a positive gap."""
+    mod = _load("benchmarks/margin_effect.py")
+    img = np.full((64, 64, 3), 128, np.uint8)
+    img[:3] = 20  # a dark frame along the top, as a film scan has
+    Image.fromarray(img).save(tmp_path / "kodim01.png")
+    assert mod.main(["--model", MODEL, "--images", "1", "--data", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    head = out[1].split()
+    off, on = ({k: float(v) for k, v in zip(head[1:], ln.split()[1:], strict=True)} for ln in out[2:4])
+    assert out[2].startswith("off") and out[3].startswith("on")
+    assert on["bpp"] > off["bpp"]
+    dec = np.full((64, 64, 3), 130, np.uint8)  # the frame lost, the inside 2 levels off
+    assert mod.ring_gap(img, dec) > 10

@@ -44,6 +44,9 @@ class Model:
     kind: str
     model_id: str
     sha256: str
+    # Whether compress() gives the picture a replicated margin by default (registry field
+    # ``margin``; docs/format.md, "Margin"). A checkpoint loaded by path has none unless asked.
+    margin: bool = False
 
     @property
     def codec(self) -> VAECodec:
@@ -75,7 +78,7 @@ def load_model(
     module, meta = load_checkpoint(entry.path, entry.sha256, **kw)
     if meta["sodec.kind"] != entry.kind:
         raise WrongModelError(f"{entry.file} holds a {meta['sodec.kind']} model, registry says {entry.kind}")
-    return Model(module, entry.kind, entry.name, entry.sha256)
+    return Model(module, entry.kind, entry.name, entry.sha256, entry.margin)
 
 
 def load_encoder(
@@ -144,7 +147,8 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def pad_to(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
-    """Edge-replicate padding on the bottom/right to a multiple of ``multiple`` (cropped back)."""
+    """Edge-replicate padding on the bottom/right to a multiple of ``multiple`` (cropped back; files
+    with the margin pad every side instead, :func:`sodec.fileinfo.canvas`)."""
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph == 0 and pw == 0:
@@ -153,15 +157,29 @@ def pad_to(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode="replicate")
 
 
-def check_encode_size(width: int, height: int, max_pixels: int | None = container.DEFAULT_MAX_PIXELS) -> None:
+def check_encode_size(
+    width: int, height: int, max_pixels: int | None = container.DEFAULT_MAX_PIXELS, margin: bool = False
+) -> None:
     """Refuse an image the encoder should not start on: a side out of the format's range
     (:class:`UsageError`), or a padded area over ``max_pixels`` (:class:`LimitsError`; None = no
     limit). Needs no model and no torch work (:func:`sodec.fileinfo.check_size`)."""
-    fileinfo.check_size(width, height, max_pixels)
+    fileinfo.check_size(width, height, max_pixels, margin=margin)
 
 
-def compress(model: Model, image: np.ndarray, max_pixels: int | None = container.DEFAULT_MAX_PIXELS) -> bytes:
+def compress(
+    model: Model,
+    image: np.ndarray,
+    max_pixels: int | None = container.DEFAULT_MAX_PIXELS,
+    margin: bool | None = None,
+) -> bytes:
     """Encode an (H, W, 3) uint8 image; returns the complete .sodec file.
+
+    ``margin`` (None = the model's default, :attr:`Model.margin`): centre the picture in its
+    canvas with at least :data:`sodec.fileinfo.MARGIN` px of edge replication on every side
+    (header flag bit 3, docs/format.md "Margin"). The codecs were trained on crops cut from
+    inside photos and code a picture's own edges (a scan's frame, most Kodak images) poorly
+    against the canvas edge; the margin moves that edge out of the picture, for more bytes
+    (about 19 % on Kodak with ``sodec-small-q2``, docs/design.md).
 
     An image whose three channels are equal everywhere (a grayscale photo read as RGB) is marked
     grayscale in the header (docs/format.md, "Grayscale"), so decoders return it without the
@@ -172,15 +190,17 @@ def compress(model: Model, image: np.ndarray, max_pixels: int | None = container
     Raises :class:`UsageError` for a bad array or size, :class:`LimitsError` over ``max_pixels``
     (padded area; None = no limit) or when memory runs out.
     """
+    margin = model.margin if margin is None else bool(margin)
     h, w = image.shape[:2]
-    check_encode_size(w, h, max_pixels)
+    check_encode_size(w, h, max_pixels, margin)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise UsageError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
     try:
         # Padded while still uint8 and handed over as uint8: the codec converts each tile to
         # float as it goes, so no full-size float copy of a large image is ever made.
-        ph, pw = (-h) % PAD_MULTIPLE, (-w) % PAD_MULTIPLE
-        padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else image
+        wp, hp, left, top = fileinfo.canvas(w, h, margin)
+        pad = ((top, hp - h - top), (left, wp - w - left), (0, 0))
+        padded = np.pad(image, pad, mode="edge") if (wp, hp) != (w, h) else image
         x = torch.from_numpy(np.array(padded, copy=True)).permute(2, 0, 1)[None]  # (1, 3, Hp, Wp) uint8
         with torch.inference_mode():
             streams = model.codec.compress(x)
@@ -191,6 +211,7 @@ def compress(model: Model, image: np.ndarray, max_pixels: int | None = container
         raise err from e
     colour = mean_colour.encode(image)
     flags = container.FLAG_PAD_REPLICATE | (container.FLAG_GRAYSCALE if is_grayscale(image) else 0)
+    flags |= container.FLAG_MARGIN if margin else 0
     header = container.Header(
         model.model_id,
         model.weights_id,
@@ -228,7 +249,7 @@ def model_for(header: container.Header, base_weights: str | os.PathLike[str] | N
     return load_model(entry.name, base_weights=base_weights)
 
 
-padded_size = fileinfo.padded_size  # (W, H) -> the padded area the codec works on
+padded_size = fileinfo.padded_size  # (W, H[, margin]) -> the padded area the codec works on
 
 
 # Zero bytes appended to each stream before it reaches CompressAI's rANS decoder. That decoder
@@ -272,9 +293,12 @@ class DecodedLatents:
 
     def finish(self, x: torch.Tensor) -> np.ndarray:
         """A decoder's (1, 3, Hp, Wp) output in [0, 1] -> the (H, W, 3) uint8 image: cropped to the
-        header's size, its mean matched to the file's mean colour (:mod:`sodec.mean_colour`), and
-        for a grayscale file the channels averaged, so R = G = B exactly."""
-        x = x[..., : self.header.height, : self.header.width]
+        header's size (where the header's canvas puts the picture), its mean matched to the
+        file's mean colour (:mod:`sodec.mean_colour`), and for a grayscale file the channels
+        averaged, so R = G = B exactly."""
+        h = self.header
+        _, _, left, top = fileinfo.canvas(h.width, h.height, h.margin)
+        x = x[..., top : top + h.height, left : left + h.width]
         if self.mean_colour is not None:
             mean_colour.match(x, self.mean_colour)
         if self.header.grayscale:
@@ -297,7 +321,7 @@ def decode_latents(
     """
     box = container.unpack(data, max_pixels)
     h = box.header
-    wp, hp = padded_size(h.width, h.height)
+    wp, hp = padded_size(h.width, h.height, h.margin)
     if max_pixels is not None and wp * hp > max_pixels:
         # A 2^24 x 1 image passes the pixel limit but is decoded at 2^24 x 64.
         raise LimitsError(

@@ -403,7 +403,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
             model = load_encoder(args.model, args.quality, args.weights)
             batch.load_s += time.perf_counter() - t
         t = time.perf_counter()
-        data = api.compress(model, image, max_pixels=limit)
+        margin = None if args.margin is None else args.margin == "on"
+        data = api.compress(model, image, max_pixels=limit, margin=margin)
         dt = time.perf_counter() - t
         batch.coding_s += dt
         _write_output(job.dst, data, args.force)
@@ -503,9 +504,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     for e in entries:
         rate = f"{e.kodak_bpp:.4f} bpp on Kodak" if e.kodak_bpp is not None else "rate not measured"
         mark = "*" if e.name == default else " "
-        print(f"{mark} {e.name:20s} {e.kind:6s} q{e.quality}  {rate:19s}  {e.description}")
+        margin = "margin" if e.margin else ""
+        print(f"{mark} {e.name:20s} {e.kind:6s} q{e.quality}  {rate:19s}  {margin:6s}  {e.description}")
     if not args.quiet and entries:
-        print("(* = the default; bpp = 8 x file bytes / pixels, mean over the 24 Kodak images)")
+        print(
+            "(* = the default; bpp = 8 x file bytes / pixels, mean over the 24 Kodak images; "
+            "margin = compress centres the picture in a replicated margin by default, --margin off to skip)"
+        )
     return 0
 
 
@@ -622,6 +627,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="rate point within the model family: 1 = smallest files (default: the family's highest)",
     )
     c.add_argument("--max-pixels", type=_int_at_least(0), default=None, help=max_pixels_help)
+    c.add_argument(
+        "--margin",
+        choices=("on", "off"),
+        default=None,
+        help="centre the picture in a replicated margin, so its edges code like its inside (more bytes; "
+        "default: the model's choice, sodec models lists it; docs/format.md)",
+    )
     c.add_argument("--weights", help=weights_help)
     writing(c)
     common(c)

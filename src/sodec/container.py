@@ -40,7 +40,10 @@ CODERS = {CODER_RANS: "compressai-rans"}
 FLAG_PAD_REPLICATE = 0x01
 # Bit 1 stays refused: tests/data/conformance/flags-3.sodec records it as a FormatError for good.
 FLAG_GRAYSCALE = 0x04
-VALID_FLAGS = (FLAG_PAD_REPLICATE, FLAG_PAD_REPLICATE | FLAG_GRAYSCALE)
+# Bit 3: the image sits centred in its padded canvas with at least fileinfo.MARGIN px of edge
+# replication on every side (docs/format.md, "Margin"), so no edge of the picture is a canvas edge.
+FLAG_MARGIN = 0x08
+VALID_FLAGS = tuple(FLAG_PAD_REPLICATE | g | m for m in (0, FLAG_MARGIN) for g in (0, FLAG_GRAYSCALE))
 MAX_SIDE = 1 << 24
 MAX_STREAMS = 8
 MAX_MODEL_ID = 48
@@ -72,6 +75,11 @@ class Header:
     def grayscale(self) -> bool:
         """The encoder's input had R = G = B everywhere: decoders output one channel."""
         return bool(self.flags & FLAG_GRAYSCALE)
+
+    @property
+    def margin(self) -> bool:
+        """The image is centred in its canvas with a replicated margin (flag bit 3)."""
+        return bool(self.flags & FLAG_MARGIN)
 
 
 @dataclass(frozen=True)
@@ -108,7 +116,7 @@ def pack(header: Header, streams: list[bytes] | tuple[bytes, ...]) -> bytes:
     if not (1 <= len(mid) <= MAX_MODEL_ID) or not MODEL_ID_RE.fullmatch(mid):
         raise ValueError(f"bad model id {header.model_id!r}")
     if header.flags not in VALID_FLAGS or header.coder not in CODERS:
-        raise ValueError("version 1 writes flags 0x01 or 0x05 and a known coder")
+        raise ValueError("version 1 writes flags 0x01, 0x05, 0x09 or 0x0d and a known coder")
     if len(header.weights_id) != 4:
         raise ValueError("weights_id must be 4 bytes")
     if not (1 <= header.width <= MAX_SIDE and 1 <= header.height <= MAX_SIDE):
@@ -176,8 +184,8 @@ def parse_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> He
     r = _Reader(data, header_len - 4)
     r.pos = 7
     flags, coder, mlen = r.u8(), r.u8(), r.u8()
-    if flags not in VALID_FLAGS:  # v1: bit 0 always set, bit 2 optional, the others clear
-        raise FormatError(f"header flags 0x{flags:02x} are not valid in version 1 (0x01 or 0x05)")
+    if flags not in VALID_FLAGS:  # v1: bit 0 always set, bits 2 and 3 optional, the others clear
+        raise FormatError(f"header flags 0x{flags:02x} are not valid in version 1 (0x01, 0x05, 0x09 or 0x0d)")
     if coder not in CODERS:
         raise FormatError(f"unknown entropy coder id {coder}")
     if not 1 <= mlen <= MAX_MODEL_ID:

@@ -60,7 +60,10 @@ def strip(data: bytes) -> bytes:
     if len(box.streams) != 3:
         return data
     header = dataclasses.replace(
-        box.header, stream_lengths=box.header.stream_lengths[:2], flags=container.FLAG_PAD_REPLICATE
+        box.header,
+        stream_lengths=box.header.stream_lengths[:2],
+        # the margin flag stays: it says where the picture sits, which the streams depend on
+        flags=container.FLAG_PAD_REPLICATE | (box.header.flags & container.FLAG_MARGIN),
     )
     return container.pack(header, list(box.streams[:2]))
 

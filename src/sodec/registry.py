@@ -28,6 +28,7 @@ class ModelEntry:
     rate_weight: float | None = None  # lambda it was trained at (where a steered run ended)
     target_bpp: float | None = None  # the rate target its last stage was steered to, if any
     kodak_bpp: float | None = None  # measured by scripts/eval_codec.py (bytes written)
+    margin: bool = False  # compress() centres the picture with a replicated margin (fileinfo.MARGIN)
 
     @property
     def path(self) -> Path:
