@@ -80,7 +80,8 @@ def bench(preset: str, steps: int, repeats: int, tmp: Path) -> dict:
     img = test_image(h, w)
     data = api.compress(model, img)
     box = api.container.unpack(data)
-    hw = (-(-h // 64) * 4, -(-w // 64) * 4)
+    wp, hp = api.padded_size(w, h, box.header.margin)  # the canvas the file codes
+    hw = (hp // 16, wp // 16)
     with torch.inference_mode(), deterministic_attention():
         y_hat, w_, _ = model.codec.decompress_latent(box.streams[1], box.streams[0], hw)
         x_f = m.guidance_image(y_hat).clamp(0, 1)

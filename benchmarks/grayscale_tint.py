@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         gray = np.asarray(Image.open(a.data / f"{name}.png").convert("L"))
         data = api.compress(model, np.repeat(gray[..., None], 3, axis=2))
         box = container.unpack(data)
-        cleared = dataclasses.replace(box.header, flags=container.FLAG_PAD_REPLICATE)
+        cleared = dataclasses.replace(box.header, flags=box.header.flags & ~container.FLAG_GRAYSCALE)
         before = api.decompress(container.pack(cleared, list(box.streams)), model).astype(np.int16)
         after = api.decompress(data, model).astype(np.int16)
 

@@ -78,7 +78,7 @@ def check_thread_invariance(model: api.Model, data: bytes) -> None:
 def z_hat_of(model: api.Model, data: bytes) -> torch.Tensor:
     """The decoded hyper-latent of a (valid) file, as the decoder computes it."""
     box = container.unpack(data)
-    wp, hp = api.padded_size(box.header.width, box.header.height)
+    wp, hp = api.padded_size(box.header.width, box.header.height, box.header.margin)
     with torch.inference_mode():
         return model.codec.entropy_bottleneck.decompress([box.streams[0]], (hp // 64, wp // 64))
 

@@ -81,9 +81,8 @@ def test_the_default_follows_the_registry_and_the_cli_can_override_it(tmp_path, 
 
     png = tmp_path / "ramp.png"
     Image.fromarray(_ramp(40, 72)).save(png)
+    assert any(e.margin for e in registry.models()), "the default model ships with the margin"
     for entry in registry.models():
-        if entry.kind != "codec":
-            continue
         out = tmp_path / f"{entry.name}.sodec"
         assert main(["compress", str(png), "-o", str(out), "-m", entry.name, "-q"]) == 0
         assert container.parse_header(out.read_bytes()).margin == entry.margin
@@ -93,3 +92,15 @@ def test_the_default_follows_the_registry_and_the_cli_can_override_it(tmp_path, 
             assert container.parse_header(out2.read_bytes()).margin == (choice == "on")
         assert main(["info", str(out2), "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["padded_to"] == [128, 64]
+
+
+def test_the_cli_counts_the_margin_before_it_loads_a_model(tmp_path, capsys) -> None:
+    from PIL import Image
+
+    png = tmp_path / "ramp.png"
+    Image.fromarray(_ramp(64, 64)).save(png)
+    out = tmp_path / "r.sodec"
+    args = ["compress", str(png), "-o", str(out), "-m", "codec-small-q2", "--max-pixels", str(64 * 64)]
+    assert main([*args, "--margin", "on"]) == 7  # LimitsError's exit code (docs/reliability.md)
+    assert "128x128" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--margin", "off", "-q"]) == 0 and out.is_file()

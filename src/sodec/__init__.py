@@ -3,4 +3,4 @@
 The library API lives in :mod:`sodec.api` (``load_model``, ``compress``, ``decompress``, ``info``).
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -96,10 +96,10 @@ def load_encoder(
         if not path.is_file():
             return load_model(model, quality, base_weights=base_weights)  # its WeightsError
         kind = _checkpoint_kind(path)
-        sha, model_id = None, None
+        sha, model_id, margin = None, None, False
     else:
         entry = registry.resolve(model, quality)
-        path, kind, sha, model_id = entry.path, entry.kind, entry.sha256, entry.name
+        path, kind, sha, model_id, margin = entry.path, entry.kind, entry.sha256, entry.name, entry.margin
     if kind != "sodec":
         return load_model(model, quality, base_weights=base_weights)
     from .checkpoint import read_checkpoint
@@ -119,7 +119,7 @@ def load_encoder(
         ) from None
     codec.eval()
     model_id = model_id or meta.get("sodec.model_id") or registry.model_id_for_path(path)
-    return Model(codec, "sodec", model_id, sha)
+    return Model(codec, "sodec", model_id, sha, margin)
 
 
 def _checkpoint_kind(path: Path) -> str | None:

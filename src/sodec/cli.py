@@ -369,7 +369,7 @@ def _probe_size(raw: bytes) -> tuple[int, int] | None:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from . import fileinfo
+    from . import fileinfo, registry
     from .image_io import read_image
 
     t0 = time.perf_counter()
@@ -383,6 +383,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     )
     batch = Batch(args, jobs)
     model = None
+    # Known before any model loads, so the size checks below count the margin's canvas too.
+    margin = registry.default_margin(args.model, args.quality) if args.margin is None else args.margin == "on"
 
     def one(job: Job) -> None:
         nonlocal model
@@ -390,12 +392,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
         name = "stdin" if job.src == "-" else job.src
         size = _probe_size(raw)
         if size is not None:  # refuse a huge image before decoding it or loading a model
-            fileinfo.check_size(*size, limit)
+            fileinfo.check_size(*size, limit, margin=margin)
         image, notes = read_image(raw, name=name, max_pixels=limit)
         for n in notes:
             batch.say(f"note: {name}: {n}")
         h, w = image.shape[:2]
-        fileinfo.check_size(w, h, limit)
+        fileinfo.check_size(w, h, limit, margin=margin)
         from . import api
 
         if model is None:
@@ -403,7 +405,6 @@ def cmd_compress(args: argparse.Namespace) -> int:
             model = load_encoder(args.model, args.quality, args.weights)
             batch.load_s += time.perf_counter() - t
         t = time.perf_counter()
-        margin = None if args.margin is None else args.margin == "on"
         data = api.compress(model, image, max_pixels=limit, margin=margin)
         dt = time.perf_counter() - t
         batch.coding_s += dt

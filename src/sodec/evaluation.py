@@ -415,7 +415,13 @@ def evaluate(
                 e.label,
                 e.label,
                 "sodec",
-                {"model_id": e.model.model_id, "kind": e.model.kind, "sha256": e.model.sha256, "source": e.source},
+                {
+                    "model_id": e.model.model_id,
+                    "kind": e.model.kind,
+                    "sha256": e.model.sha256,
+                    "source": e.source,
+                    "margin": e.model.margin,  # files centred in a replicated margin (docs/format.md)
+                },
             )
         )
         for e in models

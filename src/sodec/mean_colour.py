@@ -54,8 +54,9 @@ def decode(stream: bytes) -> tuple[float, float, float]:
 
 def strip(data: bytes) -> bytes:
     """A .sodec file without its mean-colour stream (nor the grayscale flag, which came later):
-    the file sodec 0.1 wrote for the same image, which decodes to what the decoder makes on its
-    own. A two-stream file comes back unchanged."""
+    for a file without the margin, the file sodec 0.1 wrote for the same image; either way it
+    decodes to what the decoder makes on its own. The margin flag stays (it says where the
+    picture sits). A two-stream file comes back unchanged."""
     box = container.unpack(data)
     if len(box.streams) != 3:
         return data

@@ -8,12 +8,13 @@ by ``scripts/ship_model.py`` from a training run, never by hand.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .errors import UsageError, WeightsError
+from .errors import SodecError, UsageError, WeightsError
 
 
 @dataclass(frozen=True)
@@ -96,3 +97,15 @@ def model_id_for_path(path: Path) -> str:
     """A file id for a user's own checkpoint: its stem, lower-cased, restricted to [a-z0-9._-]."""
     stem = re.sub(r"[^a-z0-9._-]", "-", path.stem.lower())[:48].strip("-") or "model"
     return stem
+
+
+def default_margin(model: str | None = None, quality: int | None = None) -> bool:
+    """Whether ``compress`` gives this model's pictures the replicated margin by default (the
+    entry's ``margin``; docs/format.md, "Margin"). A checkpoint named by path has none; a name
+    that resolves to nothing answers False here and fails where the model loads."""
+    if model is not None and (str(model).endswith(".safetensors") or os.sep in str(model)):
+        return False
+    try:
+        return resolve(model, quality).margin
+    except SodecError:
+        return False

@@ -74,7 +74,7 @@ def _streams_case(body: bytes) -> bytes:
     if len(body) < 3:
         return b""
     seed = container.unpack(seeds[body[0] % len(seeds)])
-    wp, hp = api.padded_size(seed.header.width, seed.header.height)
+    wp, hp = api.padded_size(seed.header.width, seed.header.height, seed.header.margin)
     n_z = model.codec.cfg.hyper_latent_channels * (hp // 64) * (wp // 64)
     rest = body[3:]
     if body[2] & 1:  # any lengths
@@ -95,7 +95,7 @@ def _seal_symbols(data: bytes) -> bytes:
         box = container.unpack(data, MAX_PIXELS)
         if len(box.streams) not in (2, 3):
             return data
-        wp, hp = api.padded_size(box.header.width, box.header.height)
+        wp, hp = api.padded_size(box.header.width, box.header.height, box.header.margin)
         cfg = model.codec.cfg
         n_y = cfg.latent_channels * (hp // 16) * (wp // 16)
         n_z = cfg.hyper_latent_channels * (hp // 64) * (wp // 64)
