@@ -179,7 +179,8 @@ def compress(
     (header flag bit 3, docs/format.md "Margin"). The codecs were trained on crops cut from
     inside photos and code a picture's own edges (a scan's frame, most Kodak images) poorly
     against the canvas edge; the margin moves that edge out of the picture, for more bytes
-    (about 19 % on Kodak with ``sodec-small-q2``, docs/design.md).
+    (about 19 % on Kodak with ``sodec-small-q2``; the shipped models default to off, as the
+    bytes buy PSNR but no LPIPS/DISTS at matched bytes, docs/design.md "Margin").
 
     An image whose three channels are equal everywhere (a grayscale photo read as RGB) is marked
     grayscale in the header (docs/format.md, "Grayscale"), so decoders return it without the
