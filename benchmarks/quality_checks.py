@@ -61,6 +61,7 @@ def grid_peak(orig: np.ndarray, dec: np.ndarray) -> float:
 def check_model(name: str, kodak: list[Path]) -> dict:
     from sodec import api, mean_colour
     from sodec.image_io import read_image
+    from sodec.metrics import border_ring_gap
 
     model = api.load_model(name)
     r: dict = {"model": name}
@@ -82,9 +83,7 @@ def check_model(name: str, kodak: list[Path]) -> dict:
         mean_err.append(float(np.abs(dec.reshape(-1, 3).mean(0) - img.reshape(-1, 3).mean(0)).max()))
         raw = api.decompress(mean_colour.strip(data), model)
         drift.append(float(np.abs(raw.reshape(-1, 3).mean(0) - img.reshape(-1, 3).mean(0)).max()))
-        ring = np.ones(img.shape[:2], bool)
-        ring[16:-16, 16:-16] = False
-        ring_gap.append(psnr(img[~ring], dec[~ring]) - psnr(img[ring], dec[ring]))
+        ring_gap.append(border_ring_gap(img, dec))
         peaks.append(grid_peak(img, dec))
     if kodak:
         r.update(

@@ -149,6 +149,16 @@ def psnr(ref: np.ndarray, dist: np.ndarray) -> Metric:
     return Metric(value)
 
 
+def border_ring_gap(ref: np.ndarray, dist: np.ndarray, width: int = 16) -> float:
+    """Interior PSNR minus the PSNR of the ``width``-px ring along the image's edges, in dB
+    (> 0: the ring is worse); issue 11's border check. (H, W, 3) arrays, H and W > 2 ``width``."""
+    check_pair(ref, dist)
+    ring = np.ones(ref.shape[:2], bool)
+    ring[width:-width, width:-width] = False
+    err = (ref.astype(np.float64) - dist.astype(np.float64)) ** 2
+    return float(10.0 * np.log10(err[ring].mean() / err[~ring].mean()))
+
+
 def ms_ssim_scales(height: int, width: int) -> int:
     """Scales MS-SSIM can use: each halving must leave the 11-px window room.
 
