@@ -68,7 +68,7 @@ def load_model(
     the SD UNet/VAE (e.g. a downloaded SD-Turbo); it overrides the one the checkpoint names.
     """
     kw = {"base_weights": base_weights} if base_weights is not None else {}
-    if model is not None and (Path(model).suffix == ".safetensors" or os.sep in str(model)):
+    if registry.names_checkpoint(model):
         path = Path(model)
         sha = sha256_file(path) if path.is_file() else ""
         module, meta = load_checkpoint(path, sha or None, **kw)
@@ -91,7 +91,7 @@ def load_encoder(
     diffusers/timm or building the UNet. Other models load as :func:`load_model` loads them.
     Raises what :func:`load_model` raises (:class:`WeightsError`, :class:`WrongModelError`,
     :class:`UsageError`)."""
-    if model is not None and (Path(model).suffix == ".safetensors" or os.sep in str(model)):
+    if registry.names_checkpoint(model):
         path = Path(str(model))
         if not path.is_file():
             return load_model(model, quality, base_weights=base_weights)  # its WeightsError

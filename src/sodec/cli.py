@@ -326,7 +326,9 @@ def _tile_bar(enabled: bool) -> Iterator[None]:
 
 def _is_path(model: str | None) -> bool:
     """As :func:`sodec.api.load_model` tells a checkpoint path from a model name."""
-    return model is not None and (Path(model).suffix == ".safetensors" or os.sep in model)
+    from .registry import names_checkpoint
+
+    return names_checkpoint(model)
 
 
 def check_model_option(model: str | None, quality: int | None) -> None:

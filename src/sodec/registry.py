@@ -99,11 +99,17 @@ def model_id_for_path(path: Path) -> str:
     return stem
 
 
+def names_checkpoint(model: str | os.PathLike[str] | None) -> bool:
+    """Whether ``model`` (a ``--model`` value) names a checkpoint file rather than a shipped model:
+    it ends in ``.safetensors`` or holds a path separator. The one rule every loader uses."""
+    return model is not None and (Path(model).suffix == ".safetensors" or os.sep in str(model))
+
+
 def default_margin(model: str | None = None, quality: int | None = None) -> bool:
     """Whether ``compress`` gives this model's pictures the replicated margin by default (the
     entry's ``margin``; docs/format.md, "Margin"). A checkpoint named by path has none; a name
     that resolves to nothing answers False here and fails where the model loads."""
-    if model is not None and (str(model).endswith(".safetensors") or os.sep in str(model)):
+    if names_checkpoint(model):
         return False
     try:
         return resolve(model, quality).margin
