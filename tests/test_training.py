@@ -864,3 +864,16 @@ def test_final_checkpoint_codes_without_validation_and_nan_stops(tmp_path, data_
         next(tr.model.g_s.parameters()).fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="non-finite loss"):
         tr.run()
+
+
+def test_sample_seed_draws_new_crops_on_the_same_held_out_split(tmp_path, data_dir):
+    """``sample_seed``: a further leg sees other crops, while the held-out photos (which its rate
+    target is measured on) stay those that ``seed`` drew."""
+    base = stage_from_toml(tmp_path, data_dir, CODEC_ONLY, holdout=0.4)
+    other = stage_from_toml(tmp_path, data_dir, CODEC_ONLY, holdout=0.4, sample_seed=base.seed + 7)
+    assert base.crop_seed == base.seed and other.crop_seed == base.seed + 7
+    a = Trainer(base, tmp_path / "a", progress=False)
+    b = Trainer(other, tmp_path / "b", progress=False)
+    assert a.val_files == b.val_files and a.sampler.files == b.sampler.files
+    assert not torch.equal(a.sampler.batch(0, 2), b.sampler.batch(0, 2))
+    assert torch.equal(b.sampler.batch(3, 2), CropSampler(b.sampler.files, other.crop, other.sample_seed).batch(3, 2))

@@ -90,6 +90,10 @@ class StageConfig:
     batch_size: int = 8
     crop: int = 128
     seed: int = 0
+    # The crops and the per-step quantization noise follow this seed when given (``seed`` still
+    # draws the held-out split), so a further leg from the same model sees new crops while its
+    # rate target is measured on the same held-out photos as the legs before it.
+    sample_seed: int | None = None
     data: str = "../shared/data/train"
     # More image folders trained on beside ``data`` (the held-out split is drawn over all of them).
     extra_data: tuple[str, ...] = ()
@@ -111,6 +115,11 @@ class StageConfig:
     # fractions done, so a time-boxed run (a lent GPU) still anneals to its end values. The clock
     # starts when this process starts the stage: a resumed stage gets its whole budget again.
     max_seconds: float = 0.0
+
+    @property
+    def crop_seed(self) -> int:
+        """The seed of the crop sampler and of the per-step noise: sample_seed, else seed."""
+        return self.seed if self.sample_seed is None else self.sample_seed
 
     def __post_init__(self) -> None:
         unknown = set(self.losses) - set(KNOWN_LOSSES)

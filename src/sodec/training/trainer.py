@@ -323,7 +323,7 @@ class Trainer:
                 self.disc = nn.parallel.DistributedDataParallel(self.disc, broadcast_buffers=False)
         files = list_images(stage.data) + [f for d in stage.extra_data for f in list_images(d)]
         train_files, held = split_holdout(files, stage.holdout, stage.seed)
-        self.sampler = CropSampler(train_files, stage.crop, stage.seed, stage.flat_fraction)
+        self.sampler = CropSampler(train_files, stage.crop, stage.crop_seed, stage.flat_fraction)
         # Validation codes real files, which says nothing while only the VAE trains.
         self.val_files = held[: stage.val_images] if stage.objective != "vae" else []
         self.rate_images: list[torch.Tensor] = []
@@ -568,7 +568,7 @@ class Trainer:
             if stage.max_seconds and time.time() - self.started >= stage.max_seconds:
                 break
             # Noise (quantization proxy) is seeded per step: resume repeats the same draws.
-            torch.manual_seed(hash((stage.seed, self.step, self.rank)) & 0x7FFFFFFF)
+            torch.manual_seed(hash((stage.crop_seed, self.step, self.rank)) & 0x7FFFFFFF)
             x = self.sampler.batch(self.step, stage.batch_size, self.rank).to(self.device)
             t0 = time.time()
             rec = self.train_step(x)
