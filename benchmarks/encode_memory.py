@@ -5,8 +5,8 @@
 Each measurement runs in a fresh process: read the image, load what ``sodec compress`` loads
 (``api.load_encoder``: a SODEC model's codec only), ``api.compress``; it
 reports that process's peak RSS (VmHWM) and the RSS once the model and image were loaded.
-``--untiled`` also measures the same encode with g_a run on the whole image at once (the
-encoder before tiling) for comparison. Goal (issue 12): <= 1.5 GiB peak at 12 MP.
+``--untiled`` also measures the same encode with g_a and the context model each run on the
+whole image at once (the encoder before tiling) for comparison. Goal (issue 12): <= 1.5 GiB peak at 12 MP.
 Default image: ../shared/cases/big-4000x3000-smooth.png, else a synthetic 4000x3000 picture.
 """
 
@@ -33,6 +33,7 @@ def status(field):
             return int(line.split()[1]) * 1024
 if sys.argv[3] == 'untiled':
     vae_codec.ENCODE_TILE = 1 << 20  # one window: g_a over the whole image
+    vae_codec.CONTEXT_TILE = 1 << 20  # and the context model
 image, _ = read_image(sys.argv[1])
 model = api.load_encoder(sys.argv[2])  # what `sodec compress` loads: a SODEC model's codec only
 base = status('VmRSS')

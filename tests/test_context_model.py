@@ -77,6 +77,28 @@ def test_zero_residual_context_codes_the_same_latents_as_the_plain_hyperprior():
     assert a.symbols_crc == b.symbols_crc  # same symbols; only their order in the stream differs
 
 
+def test_tiled_context_matches_untiled_and_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past CONTEXT_TILE latents the context model runs in tiles (bounded encode memory, issue 11):
+    the parameters equal the untiled ones up to summation order, a margin short of the masked
+    conv's radius would not, and a file coded in tiles decodes to the forward pass's y_hat."""
+    from sodec.models import vae_codec
+
+    codec = _codec()
+    x = torch.rand(1, 3, 192, 320)  # latent (12, 20): 2 x 3 tiles of 8
+    with torch.no_grad():
+        y_hat, w, _ = codec.encode_latents(x)  # one tile at the default size
+        anchors = torch.where(CheckerboardContext.anchor_mask(12, 20), y_hat, 0.0)
+        whole = codec._context(anchors, w)
+        monkeypatch.setattr(vae_codec, "CONTEXT_TILE", 8)
+        assert (codec._context(anchors, w) - whole).abs().max() < 1e-5
+        assert (codec._context(None, w) - codec.context_model(None, w)).abs().max() < 1e-5
+        monkeypatch.setattr(vae_codec, "CONTEXT_MARGIN", 0)
+        assert (codec._context(anchors, w) - whole).abs().max() > 1e-3
+        monkeypatch.setattr(vae_codec, "CONTEXT_MARGIN", 2)
+        dec = codec.decompress(codec.compress(x))  # encoder and decoder both tiled: no desync
+    assert torch.equal(dec.y_hat, y_hat)
+
+
 @pytest.mark.parametrize("hw", [(1, 1), (17, 33), (80, 130)])
 def test_any_size_round_trips_through_the_api(tmp_path, hw):
     codec = _codec()
