@@ -141,7 +141,7 @@ def _tiled_cells(
             b0, b1 = max(0, x0 - margin), min(w, x0 + tw + margin)
             piece = fn(x[..., a0 * cell_in : a1 * cell_in, b0 * cell_in : b1 * cell_in])
             if out is None:
-                out = piece.new_empty(1, piece.size(1), h * cell_out, w * cell_out)
+                out = piece.new_empty(piece.size(0), piece.size(1), h * cell_out, w * cell_out)
             oy, ox = (y0 - a0) * cell_out, (x0 - b0) * cell_out
             out[..., y0 * cell_out : (y0 + th) * cell_out, x0 * cell_out : (x0 + tw) * cell_out] = piece[
                 ..., oy : oy + th * cell_out, ox : ox + tw * cell_out
