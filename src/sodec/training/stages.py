@@ -24,6 +24,7 @@ KNOWN_LOSSES = (
     "mse",
     "border_mse",
     "ms_ssim",
+    "grid",
     "lpips_alex",
     "lpips_vgg",
     "dists",
